@@ -1,0 +1,26 @@
+"""Stable-SAM for transformers: SAM with deformable sampling and dynamic routing plugins in its mask decoder."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
+
+from .configuration_stable_sam import StableSamConfig
+from .modeling_stable_sam import (
+    StableSamImageSegmentationOutput,
+    StableSamMaskDecoder,
+    StableSamModel,
+    is_plugin_parameter,
+)
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register(StableSamConfig.model_type, StableSamConfig, exist_ok=True)
+AutoModel.register(StableSamConfig, StableSamModel, exist_ok=True)
+AutoModelForMaskGeneration.register(StableSamConfig, StableSamModel, exist_ok=True)
+
+__all__ = [
+    "StableSamConfig",
+    "StableSamImageSegmentationOutput",
+    "StableSamMaskDecoder",
+    "StableSamModel",
+    "is_plugin_parameter",
+]

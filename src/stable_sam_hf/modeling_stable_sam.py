@@ -1,0 +1,363 @@
+"""Stable-SAM: SAM with a deformable sampling plugin (DSP) and a dynamic routing plugin (DRP) in its mask decoder.
+
+The plugins follow "Stable Segment Anything Model" (Fan et al., arXiv 2311.15776); the subclass-and-swap layout
+follows transformers' `SamHQModel`.
+"""
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import SamModel
+from transformers import initialization as init
+from transformers.models.sam.modeling_sam import (
+    SamImageSegmentationOutput,
+    SamMaskDecoder,
+    SamTwoWayAttentionBlock,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_stable_sam import StableSamConfig
+
+
+# Parameter names containing one of these module names belong to the plugins: "trainable" and "saved" filter on it
+PLUGIN_MODULE_NAMES = ("dsp", "drp")
+
+
+def is_plugin_parameter(name: str) -> bool:
+    """Whether a parameter or state-dict key belongs to the DSP / DRP plugins."""
+    return any(part in PLUGIN_MODULE_NAMES for part in name.split("."))
+
+
+@dataclass
+class StableSamImageSegmentationOutput(SamImageSegmentationOutput):
+    r"""
+    iou_scores (`torch.Tensor` of shape `(batch_size, point_batch_size, num_masks)`):
+        The iou scores of the predicted masks.
+    pred_masks (`torch.Tensor` of shape `(batch_size, point_batch_size, num_masks, height, width)`):
+        The predicted low resolution masks. Needs to be post-processed by the processor.
+    routing_weights (`torch.Tensor` of shape `(batch_size, point_batch_size, 2)`):
+        The DRP weights `(alpha_1, alpha_2)` of each prompt: `alpha_1` weighs the deformably sampled features,
+        `alpha_2` SAM's regular-grid features. From the last plugin layer when several are configured.
+    sampling_offsets (`tuple(torch.Tensor)`, *optional*, returned when `output_sampling_offsets=True`):
+        One tensor per plugin layer of shape `(batch_size, point_batch_size, height, width, 2)`: the `(dx, dy)`
+        sampling offsets, in image-embedding pixels, at each position of the image embedding.
+    """
+
+    routing_weights: torch.Tensor | None = None
+    sampling_offsets: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class _PluginCall:
+    """Per-forward options for the plugin layers, and what they report back."""
+
+    routing_weight: torch.Tensor | None = None
+    output_sampling_offsets: bool = False
+    routing_weights: list[torch.Tensor] = field(default_factory=list)
+    sampling_offsets: list[torch.Tensor] = field(default_factory=list)
+
+
+class StableSamIdentityLinear(nn.Linear):
+    """A square linear layer that starts as the identity."""
+
+    def reset_parameters(self):
+        nn.init.eye_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class StableSamZeroLinear(nn.Linear):
+    """A linear layer that starts at zero."""
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class StableSamDeformableSampling(nn.Module):
+    """
+    DSP: re-projects the image features ("amplitudes") and samples them at learnt offsets from the regular grid.
+    Works channels-last, as SAM's decoder keeps its image stream, so no layout copies are needed around the linears.
+    """
+
+    def __init__(self, hidden_size: int, *, kernel_size: int = 5, offset_range: float = 2.0, eps: float = 1e-6):
+        super().__init__()
+        self.offset_range = float(offset_range)
+        self.proj = StableSamIdentityLinear(hidden_size, hidden_size)
+        self.offset_conv = nn.Conv2d(
+            hidden_size, hidden_size, kernel_size=kernel_size, padding=kernel_size // 2, groups=hidden_size
+        )
+        self.offset_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.offset_act = nn.GELU()
+        self.offset_proj = StableSamZeroLinear(hidden_size, 2)
+
+    def forward(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            features (`torch.Tensor` of shape `(batch_size, 1, height * width, hidden_size)`):
+                The image stream of the two-way transformer.
+        Returns:
+            sampled (`torch.Tensor` of shape `(batch_size, 1, height * width, hidden_size)`) and offsets
+            (`torch.Tensor` of shape `(batch_size, height, width, 2)`), `(dx, dy)` in feature-map pixels.
+        """
+        batch_size, _, _, hidden_size = features.shape
+        projected = self.proj(features)
+        # B x C x H x W view of channels-last memory: convolution and sampling need no copy
+        spatial = projected.view(batch_size, height, width, hidden_size).permute(0, 3, 1, 2)
+
+        # Offset network: depthwise conv -> LayerNorm over channels -> GELU -> 1x1 to (dx, dy)
+        hidden = self.offset_conv(spatial.contiguous(memory_format=torch.channels_last))
+        hidden = hidden.permute(0, 2, 3, 1)  # B x H x W x C
+        hidden = self.offset_act(self.offset_norm(hidden))
+        offsets = self.offset_range * torch.tanh(self.offset_proj(hidden))  # B x H x W x 2
+
+        # Regular grid at the pixel centres (align_corners=True), shifted by the offsets
+        grid = _reference_grid(height, width, device=features.device, dtype=offsets.dtype)
+        scale = offsets.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
+        grid = torch.addcmul(grid, offsets, scale)
+        sampled = F.grid_sample(spatial, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = sampled.permute(0, 2, 3, 1).reshape(batch_size, 1, height * width, hidden_size)  # B x 1 x HW x C
+        return sampled, offsets
+
+
+def _reference_grid(height: int, width: int, *, device, dtype) -> torch.Tensor:
+    """Normalised `(x, y)` coordinates of the pixel centres, shape `(1, height, width, 2)`, for `align_corners=True`."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype) if height > 1 else torch.zeros(1, device=device)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype) if width > 1 else torch.zeros(1, device=device)
+    grid_y, grid_x = torch.meshgrid(ys.to(dtype), xs.to(dtype), indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0)
+
+
+class StableSamDynamicRouting(nn.Module):
+    """DRP: softmax routing weights `(alpha_1, alpha_2)` from a prompt-conditioned output token."""
+
+    def __init__(self, hidden_size: int, *, routing_hidden_size: int = 32, eps: float = 1e-6):
+        super().__init__()
+        self.dense1 = nn.Linear(hidden_size, routing_hidden_size)
+        self.norm = nn.LayerNorm(routing_hidden_size, eps=eps)
+        self.act = nn.GELU()
+        self.dense2 = nn.Linear(routing_hidden_size, 2)
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:
+        """`token` of shape `(batch_size, point_batch_size, hidden_size)` -> `(batch_size, point_batch_size, 2)`."""
+        return self.dense2(self.act(self.norm(self.dense1(token)))).softmax(dim=-1)
+
+
+class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
+    """SAM's two-way block whose token-to-image attention reads DSP features mixed in by DRP."""
+
+    def __init__(self, config: StableSamConfig, *, skip_first_layer_pe: bool = False):
+        decoder_config = config.mask_decoder_config
+        super().__init__(
+            decoder_config,
+            attention_downsample_rate=decoder_config.attention_downsample_rate,
+            skip_first_layer_pe=skip_first_layer_pe,
+        )
+        hidden_size = decoder_config.hidden_size
+        self.routing_token_index = config.routing_token_index
+        self.dsp = StableSamDeformableSampling(
+            hidden_size,
+            kernel_size=config.offset_kernel_size,
+            offset_range=config.offset_range,
+            eps=decoder_config.layer_norm_eps,
+        )
+        self.drp = StableSamDynamicRouting(
+            hidden_size, routing_hidden_size=config.routing_hidden_size, eps=decoder_config.layer_norm_eps
+        )
+        # Set by StableSamMaskDecoder.plugin_call for the duration of one forward
+        self.plugin_call: _PluginCall | None = None
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_point_embedding: torch.Tensor,
+        key_point_embedding: torch.Tensor,
+        attention_similarity: torch.Tensor,
+        **kwargs,
+    ):
+        call = self.plugin_call if self.plugin_call is not None else _PluginCall()
+        batch_size, point_batch_size = queries.shape[:2]
+        side = int(round(keys.shape[2] ** 0.5))
+
+        # Self attention block
+        if self.skip_first_layer_pe:
+            queries, _ = self.self_attn(query=queries, key=queries, value=queries)
+        else:
+            query = queries + query_point_embedding
+            attn_out, _ = self.self_attn(query=query, key=query, value=queries)
+            queries = queries + attn_out
+        queries = self.layer_norm1(queries)
+
+        # Routing weights from the prompt-conditioned output token, unless forced
+        if call.routing_weight is None:
+            routing = self.drp(queries[:, :, self.routing_token_index, :])  # B x point_batch x 2
+        else:
+            alpha_1 = call.routing_weight.to(queries).expand(batch_size, point_batch_size)
+            routing = torch.stack([alpha_1, 1.0 - alpha_1], dim=-1)
+        call.routing_weights.append(routing)
+
+        # Deformable sampling, mixed with the regular-grid features: alpha_1 * x*_{p+dp} + alpha_2 * x_p
+        if call.routing_weight is not None and not bool(call.routing_weight.any()):
+            mixed = keys
+        else:
+            sampled, offsets = self.dsp(keys, side, keys.shape[2] // side)
+            alpha_1 = routing[..., 0].reshape(batch_size * point_batch_size, 1, 1, 1)
+            mixed = torch.lerp(keys, sampled, alpha_1)
+            if call.output_sampling_offsets:
+                call.sampling_offsets.append(offsets.view(batch_size, point_batch_size, *offsets.shape[1:]))
+
+        # Cross attention block, tokens attending to the mixed image embedding
+        query = queries + query_point_embedding
+        key = mixed + key_point_embedding
+        attn_out, _ = self.cross_attn_token_to_image(
+            query=query, key=key, value=mixed, attention_similarity=attention_similarity
+        )
+        queries = self.layer_norm2(queries + attn_out)
+
+        # MLP block
+        queries = self.layer_norm3(queries + self.mlp(queries))
+
+        # Cross attention block, image embedding (original keys) attending to tokens
+        query = queries + query_point_embedding
+        key = keys + key_point_embedding
+        attn_out, _ = self.cross_attn_image_to_token(query=key, key=query, value=queries)
+        keys = self.layer_norm4(keys + attn_out)
+        return queries, keys, attn_out
+
+
+class StableSamMaskDecoder(SamMaskDecoder):
+    """SAM's mask decoder with `StableSamTwoWayAttentionBlock` in the configured two-way layers."""
+
+    def __init__(self, config: StableSamConfig):
+        super().__init__(config.mask_decoder_config)
+        for index in config.plugin_layers:
+            self.transformer.layers[index] = StableSamTwoWayAttentionBlock(config, skip_first_layer_pe=(index == 0))
+
+    @property
+    def plugin_layers(self) -> list[StableSamTwoWayAttentionBlock]:
+        return [layer for layer in self.transformer.layers if isinstance(layer, StableSamTwoWayAttentionBlock)]
+
+    @contextlib.contextmanager
+    def plugin_call(self, routing_weight: torch.Tensor | None = None, output_sampling_offsets: bool = False):
+        """Options for the plugin layers during one forward; yields the `_PluginCall` that collects their outputs."""
+        call = _PluginCall(routing_weight=routing_weight, output_sampling_offsets=output_sampling_offsets)
+        layers = self.plugin_layers
+        for layer in layers:
+            layer.plugin_call = call
+        try:
+            yield call
+        finally:
+            for layer in layers:
+                layer.plugin_call = None
+
+
+class StableSamModel(SamModel):
+    r"""
+    Stable-SAM: a frozen SAM whose mask decoder gets two small plugins, DSP (deformable sampling) and DRP (dynamic
+    routing), about 0.08M parameters for every SAM size. A fresh model computes exactly what SAM computes; training
+    the plugins makes it robust to poor prompts.
+
+    Example:
+
+    ```python
+    >>> from transformers import SamConfig
+    >>> from stable_sam_hf import StableSamConfig, StableSamModel
+
+    >>> model = StableSamModel.from_pretrained("facebook/sam-vit-base")  # SAM weights, fresh plugins
+    >>> model.freeze_base_model()
+    >>> model.num_parameters(only_trainable=True)
+    81828
+    ```
+    """
+
+    config_class = StableSamConfig
+    config: StableSamConfig
+
+    def __init__(self, config: StableSamConfig):
+        super().__init__(config)
+        self.mask_decoder = StableSamMaskDecoder(config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        # Start as SAM: identity re-projection and zero offsets make the sampled features equal the regular ones
+        if isinstance(module, StableSamIdentityLinear):
+            init.eye_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, StableSamZeroLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+    def plugin_named_parameters(self):
+        """The DSP and DRP parameters, by name."""
+        return [(name, param) for name, param in self.named_parameters() if is_plugin_parameter(name)]
+
+    def plugin_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict of the plugins only: what an adapter release contains."""
+        return {name: tensor for name, tensor in self.state_dict().items() if is_plugin_parameter(name)}
+
+    def freeze_base_model(self):
+        """Makes the plugins the only trainable parameters; every SAM weight is frozen."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(is_plugin_parameter(name))
+        return self
+
+    def forward(
+        self,
+        *args,
+        routing_weight: float | torch.Tensor | None = None,
+        output_sampling_offsets: bool = False,
+        **kwargs,
+    ) -> StableSamImageSegmentationOutput:
+        r"""
+        Same arguments as [`SamModel.forward`], plus:
+
+        routing_weight (`float` or `torch.Tensor` of shape `(batch_size, point_batch_size)`, *optional*):
+            Forces the DRP weight `alpha_1` (and `alpha_2 = 1 - alpha_1`) instead of predicting it, as in the
+            paper's Table 8. `0.0` gives SAM's outputs exactly, whatever the plugin weights are.
+        output_sampling_offsets (`bool`, *optional*, defaults to `False`):
+            Whether to return the DSP sampling offsets of every plugin layer.
+        """
+        routing_weight = self._check_routing_weight(routing_weight)
+        with self.mask_decoder.plugin_call(routing_weight, output_sampling_offsets) as call:
+            outputs = super().forward(*args, **kwargs)
+        routing_weights = call.routing_weights[-1] if call.routing_weights else None
+        sampling_offsets = tuple(call.sampling_offsets) if output_sampling_offsets else None
+        if not isinstance(outputs, ModelOutput):
+            return tuple(outputs) + tuple(x for x in (routing_weights, sampling_offsets) if x is not None)
+        return StableSamImageSegmentationOutput(
+            **outputs, routing_weights=routing_weights, sampling_offsets=sampling_offsets
+        )
+
+    @staticmethod
+    def _check_routing_weight(routing_weight) -> torch.Tensor | None:
+        if routing_weight is None:
+            return None
+        if isinstance(routing_weight, bool) or not isinstance(routing_weight, (int, float, torch.Tensor)):
+            raise TypeError(
+                f"`routing_weight` must be a float in [0, 1] or a tensor of shape (batch_size, point_batch_size), "
+                f"got {type(routing_weight).__name__}."
+            )
+        routing_weight = torch.as_tensor(routing_weight, dtype=torch.float32)
+        if routing_weight.ndim > 2:
+            raise ValueError(
+                f"`routing_weight` must be a scalar or of shape (batch_size, point_batch_size), "
+                f"got shape {tuple(routing_weight.shape)}."
+            )
+        if torch.isnan(routing_weight).any() or (routing_weight < 0).any() or (routing_weight > 1).any():
+            raise ValueError(f"`routing_weight` (alpha_1) must lie in [0, 1], got {routing_weight.tolist()}.")
+        return routing_weight
+
+
+__all__ = [
+    "StableSamDeformableSampling",
+    "StableSamDynamicRouting",
+    "StableSamImageSegmentationOutput",
+    "StableSamMaskDecoder",
+    "StableSamModel",
+    "StableSamTwoWayAttentionBlock",
+    "is_plugin_parameter",
+]
