@@ -307,23 +307,47 @@ class StableSamModel(SamModel):
 
     def forward(
         self,
-        *args,
+        pixel_values: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.LongTensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        multimask_output: bool = True,
         routing_weight: float | torch.Tensor | None = None,
         output_sampling_offsets: bool = False,
         **kwargs,
     ) -> StableSamImageSegmentationOutput:
         r"""
-        Same arguments as [`SamModel.forward`], plus:
+        Arguments as [`SamModel.forward`], plus:
 
+        input_points (`torch.Tensor` of shape `(batch_size, point_batch_size, num_points_per_image, 2)`, *optional*):
+            Point prompts `(x, y)` in the resized input image's pixel coordinates.
+        input_labels (`torch.LongTensor` of shape `(batch_size, point_batch_size, num_points_per_image)`, *optional*):
+            1 foreground, 0 background, -1 not a point, -10 padding.
+        input_boxes (`torch.Tensor` of shape `(batch_size, num_boxes, 4)`, *optional*):
+            Box prompts `(x0, y0, x1, y1)` in the resized input image's pixel coordinates.
+        input_masks (`torch.Tensor` of shape `(batch_size, 1, mask_size, mask_size)`, *optional*):
+            Low-resolution mask prompts (logits), `mask_size` = 4 x the image-embedding size (256 for SAM).
         routing_weight (`float` or `torch.Tensor` of shape `(batch_size, point_batch_size)`, *optional*):
             Forces the DRP weight `alpha_1` (and `alpha_2 = 1 - alpha_1`) instead of predicting it, as in the
             paper's Table 8. `0.0` gives SAM's outputs exactly, whatever the plugin weights are.
         output_sampling_offsets (`bool`, *optional*, defaults to `False`):
             Whether to return the DSP sampling offsets of every plugin layer.
         """
+        self._check_prompts(input_points, input_labels, input_boxes, input_masks)
         routing_weight = self._check_routing_weight(routing_weight)
         with self.mask_decoder.plugin_call(routing_weight, output_sampling_offsets) as call:
-            outputs = super().forward(*args, **kwargs)
+            outputs = super().forward(
+                pixel_values=pixel_values,
+                input_points=input_points,
+                input_labels=input_labels,
+                input_boxes=input_boxes,
+                input_masks=input_masks,
+                image_embeddings=image_embeddings,
+                multimask_output=multimask_output,
+                **kwargs,
+            )
         routing_weights = call.routing_weights[-1] if call.routing_weights else None
         sampling_offsets = tuple(call.sampling_offsets) if output_sampling_offsets else None
         if not isinstance(outputs, ModelOutput):
@@ -331,6 +355,33 @@ class StableSamModel(SamModel):
         return StableSamImageSegmentationOutput(
             **outputs, routing_weights=routing_weights, sampling_offsets=sampling_offsets
         )
+
+    def _check_prompts(self, input_points, input_labels, input_boxes, input_masks):
+        """Shape checks whose errors name the prompt argument and the expected shape."""
+        if input_points is not None and (input_points.ndim != 4 or input_points.shape[-1] != 2):
+            raise ValueError(
+                "`input_points` must have shape (batch_size, point_batch_size, num_points_per_image, 2), "
+                f"got {tuple(input_points.shape)}."
+            )
+        if input_labels is not None:
+            if input_points is None:
+                raise ValueError("`input_labels` were given without `input_points`.")
+            if tuple(input_labels.shape) != tuple(input_points.shape[:3]):
+                raise ValueError(
+                    f"`input_labels` must have shape {tuple(input_points.shape[:3])} "
+                    f"(batch_size, point_batch_size, num_points_per_image) to match `input_points`, "
+                    f"got {tuple(input_labels.shape)}."
+                )
+        if input_boxes is not None and (input_boxes.ndim != 3 or input_boxes.shape[-1] != 4):
+            raise ValueError(
+                f"`input_boxes` must have shape (batch_size, num_boxes, 4), got {tuple(input_boxes.shape)}."
+            )
+        if input_masks is not None:
+            size = 4 * self.config.prompt_encoder_config.image_embedding_size
+            if input_masks.ndim != 4 or tuple(input_masks.shape[1:]) != (1, size, size):
+                raise ValueError(
+                    f"`input_masks` must have shape (batch_size, 1, {size}, {size}), got {tuple(input_masks.shape)}."
+                )
 
     @staticmethod
     def _check_routing_weight(routing_weight) -> torch.Tensor | None:

@@ -1,0 +1,313 @@
+"""Tests for StableSamModel, in the shape of transformers' tests/models/sam/test_modeling_sam.py."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, SamConfig, SamModel
+
+from stable_sam_hf import StableSamConfig, StableSamModel
+from stable_sam_hf.modeling_stable_sam import StableSamTwoWayAttentionBlock, is_plugin_parameter
+from tiny import IMAGE_SIZE, perturb_plugins_, tiny_sam_config, tiny_stable_sam_config
+
+
+class StableSamModelTester:
+    def __init__(self, batch_size=2, point_batch_size=3, seed=0):
+        self.batch_size = batch_size
+        self.point_batch_size = point_batch_size
+        self.seed = seed
+
+    def get_config(self, **kwargs):
+        return tiny_stable_sam_config(**kwargs)
+
+    def prepare_inputs(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        pixel_values = torch.randn(self.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        corners = torch.rand(self.batch_size, self.point_batch_size, 2, 2, generator=generator) * IMAGE_SIZE
+        boxes = corners.sort(dim=2).values.reshape(self.batch_size, self.point_batch_size, 4)
+        points = torch.rand(self.batch_size, self.point_batch_size, 3, 2, generator=generator) * IMAGE_SIZE
+        labels = torch.randint(0, 2, (self.batch_size, self.point_batch_size, 3), generator=generator)
+        mask_size = 4 * (IMAGE_SIZE // 8)
+        masks = torch.randn(self.batch_size, 1, mask_size, mask_size, generator=generator) * 5
+        return {"pixel_values": pixel_values, "boxes": boxes, "points": points, "labels": labels, "masks": masks}
+
+    def sam_and_stable_sam(self, **config_kwargs):
+        """A fresh StableSamModel and a SamModel holding exactly its SAM weights."""
+        torch.manual_seed(self.seed)
+        stable = StableSamModel(self.get_config(**config_kwargs)).eval()
+        sam = SamModel(tiny_sam_config()).eval()
+        result = sam.load_state_dict(stable.state_dict(), strict=False)
+        assert result.missing_keys == []
+        assert all(is_plugin_parameter(key) for key in result.unexpected_keys)
+        return sam, stable
+
+
+PROMPTS = {
+    "boxes": lambda inputs: {"input_boxes": inputs["boxes"]},
+    "points": lambda inputs: {"input_points": inputs["points"], "input_labels": inputs["labels"]},
+    "points_and_boxes": lambda inputs: {
+        "input_points": inputs["points"],
+        "input_labels": inputs["labels"],
+        "input_boxes": inputs["boxes"],
+    },
+    "boxes_and_mask": lambda inputs: {"input_boxes": inputs["boxes"], "input_masks": inputs["masks"]},
+}
+
+
+@pytest.fixture(scope="module")
+def tester():
+    return StableSamModelTester()
+
+
+@pytest.fixture(scope="module")
+def inputs(tester):
+    return tester.prepare_inputs()
+
+
+class TestStableSamConfig:
+    def test_defaults_follow_spec(self):
+        config = StableSamConfig()
+        assert config.model_type == "stable_sam"
+        assert config.plugin_layers == [1]
+        assert config.offset_range == 2.0
+        assert config.routing_hidden_size == 32
+        assert config.routing_token_index == 0
+        assert config.mask_decoder_config.hidden_size == 256
+
+    @pytest.mark.parametrize(
+        ("kwargs", "field"),
+        [
+            ({"plugin_layers": [2]}, "plugin_layers"),
+            ({"plugin_layers": [-1]}, "plugin_layers"),
+            ({"plugin_layers": []}, "plugin_layers"),
+            ({"plugin_layers": [1, 1]}, "plugin_layers"),
+            ({"offset_range": 0.0}, "offset_range"),
+            ({"offset_kernel_size": 4}, "offset_kernel_size"),
+            ({"routing_hidden_size": 0}, "routing_hidden_size"),
+            ({"routing_token_index": 5}, "routing_token_index"),
+        ],
+    )
+    def test_invalid_plugin_fields_name_the_field(self, kwargs, field):
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            StableSamConfig(**kwargs)
+
+    def test_plugin_layer_checked_against_decoder_depth(self):
+        config = StableSamConfig(mask_decoder_config={"num_hidden_layers": 3}, plugin_layers=[2])
+        assert config.plugin_layers == [2]
+
+    def test_round_trip_and_from_sam_config(self, tmp_path):
+        config = tiny_stable_sam_config(plugin_layers=[0, 1], offset_range=3.0)
+        config.save_pretrained(tmp_path)
+        loaded = AutoConfig.from_pretrained(tmp_path)
+        assert isinstance(loaded, StableSamConfig)
+        assert loaded.plugin_layers == [0, 1]
+        assert loaded.offset_range == 3.0
+        converted = StableSamConfig.from_sam_config(tiny_sam_config(), offset_range=1.5)
+        assert converted.mask_decoder_config.hidden_size == 32
+        assert converted.offset_range == 1.5
+        with pytest.raises(TypeError, match="sam_config"):
+            StableSamConfig.from_sam_config({"vision_config": {}})
+
+
+class TestStableSamModel:
+    def test_output_shapes(self, tester, inputs):
+        model = StableSamModel(tester.get_config()).eval()
+        with torch.no_grad():
+            outputs = model(
+                pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"], output_sampling_offsets=True
+            )
+        batch, point_batch = tester.batch_size, tester.point_batch_size
+        assert outputs.pred_masks.shape == (batch, point_batch, 3, 32, 32)
+        assert outputs.iou_scores.shape == (batch, point_batch, 3)
+        assert outputs.routing_weights.shape == (batch, point_batch, 2)
+        torch.testing.assert_close(outputs.routing_weights.sum(-1), torch.ones(batch, point_batch))
+        assert len(outputs.sampling_offsets) == 1
+        assert outputs.sampling_offsets[0].shape == (batch, point_batch, 8, 8, 2)
+        with torch.no_grad():
+            single = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"], multimask_output=False)
+        assert single.pred_masks.shape == (batch, point_batch, 1, 32, 32)
+        assert single.sampling_offsets is None
+
+    @pytest.mark.parametrize("prompt", sorted(PROMPTS))
+    @pytest.mark.parametrize("multimask_output", [True, False])
+    def test_fresh_model_equals_sam(self, tester, inputs, prompt, multimask_output):
+        sam, stable = tester.sam_and_stable_sam()
+        prompt_kwargs = PROMPTS[prompt](inputs)
+        with torch.no_grad():
+            expected = sam(pixel_values=inputs["pixel_values"], multimask_output=multimask_output, **prompt_kwargs)
+            actual = stable(pixel_values=inputs["pixel_values"], multimask_output=multimask_output, **prompt_kwargs)
+        assert expected.pred_masks.abs().mean() > 0.05  # outputs carry signal, so closeness means something
+        torch.testing.assert_close(actual.pred_masks, expected.pred_masks, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(actual.iou_scores, expected.iou_scores, atol=1e-5, rtol=1e-5)
+
+    def test_trained_plugins_change_outputs_and_alpha_zero_is_sam(self, tester, inputs):
+        sam, stable = tester.sam_and_stable_sam()
+        perturb_plugins_(stable)
+        kwargs = {"pixel_values": inputs["pixel_values"], "input_boxes": inputs["boxes"]}
+        with torch.no_grad():
+            expected = sam(**kwargs)
+            moved = stable(**kwargs, output_sampling_offsets=True)
+            forced_zero = stable(**kwargs, routing_weight=0.0)
+            forced_one = stable(**kwargs, routing_weight=1.0)
+        assert (moved.pred_masks - expected.pred_masks).abs().max() > 1e-2
+        assert moved.sampling_offsets[0].abs().max() > 0
+        assert moved.sampling_offsets[0].abs().max() <= stable.config.offset_range
+        torch.testing.assert_close(forced_zero.pred_masks, expected.pred_masks, atol=0, rtol=0)
+        torch.testing.assert_close(forced_zero.routing_weights[..., 0], torch.zeros(2, 3))
+        torch.testing.assert_close(forced_one.routing_weights[..., 1], torch.zeros(2, 3))
+        assert (forced_one.pred_masks - moved.pred_masks).abs().max() > 1e-3
+
+    def test_routing_weight_per_prompt(self, tester, inputs):
+        _, stable = tester.sam_and_stable_sam()
+        perturb_plugins_(stable)
+        kwargs = {"pixel_values": inputs["pixel_values"], "input_boxes": inputs["boxes"]}
+        per_prompt = torch.tensor([[0.0, 1.0, 0.5], [0.25, 0.0, 1.0]])
+        with torch.no_grad():
+            mixed = stable(**kwargs, routing_weight=per_prompt)
+            zero = stable(**kwargs, routing_weight=0.0)
+            one = stable(**kwargs, routing_weight=1.0)
+        torch.testing.assert_close(mixed.routing_weights[..., 0], per_prompt)
+        torch.testing.assert_close(mixed.pred_masks[0, 0], zero.pred_masks[0, 0])
+        torch.testing.assert_close(mixed.pred_masks[0, 1], one.pred_masks[0, 1])
+        torch.testing.assert_close(mixed.pred_masks[1, 2], one.pred_masks[1, 2])
+
+    @pytest.mark.parametrize(
+        ("routing_weight", "error"), [(1.5, ValueError), (-0.1, ValueError), ("0.5", TypeError), (True, TypeError)]
+    )
+    def test_bad_routing_weight(self, tester, inputs, routing_weight, error):
+        model = StableSamModel(tester.get_config()).eval()
+        with pytest.raises(error, match="routing_weight"):
+            model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"], routing_weight=routing_weight)
+
+    @pytest.mark.parametrize(
+        ("prompt_kwargs", "argument"),
+        [
+            ({"input_points": torch.zeros(2, 3, 2)}, "input_points"),
+            ({"input_points": torch.zeros(2, 1, 3, 3)}, "input_points"),
+            ({"input_points": torch.zeros(2, 1, 3, 2), "input_labels": torch.ones(2, 1, 2)}, "input_labels"),
+            ({"input_boxes": torch.zeros(2, 4)}, "input_boxes"),
+            ({"input_boxes": torch.zeros(2, 1, 5)}, "input_boxes"),
+            ({"input_boxes": torch.zeros(2, 1, 4), "input_masks": torch.zeros(2, 1, 16, 16)}, "input_masks"),
+        ],
+    )
+    def test_bad_prompt_shapes_name_the_argument(self, tester, inputs, prompt_kwargs, argument):
+        model = StableSamModel(tester.get_config()).eval()
+        with pytest.raises(ValueError, match=f"`{argument}`"):
+            model(pixel_values=inputs["pixel_values"], **prompt_kwargs)
+
+    def test_eager_and_sdpa_agree(self, tester, inputs):
+        torch.manual_seed(0)
+        eager = StableSamModel(tester.get_config()).eval()
+        eager.set_attn_implementation("eager")
+        sdpa = StableSamModel(tester.get_config()).eval()
+        sdpa.set_attn_implementation("sdpa")
+        perturb_plugins_(eager)
+        sdpa.load_state_dict(eager.state_dict())
+        assert eager.mask_decoder.config._attn_implementation == "eager"
+        assert sdpa.mask_decoder.config._attn_implementation == "sdpa"
+        kwargs = {"pixel_values": inputs["pixel_values"], "input_boxes": inputs["boxes"]}
+        with torch.no_grad():
+            torch.testing.assert_close(eager(**kwargs).pred_masks, sdpa(**kwargs).pred_masks, atol=1e-4, rtol=1e-4)
+
+    def test_gradient_reaches_plugins_only(self, tester, inputs):
+        model = StableSamModel(tester.get_config())
+        perturb_plugins_(model)
+        model.freeze_base_model()
+        outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+        outputs.pred_masks.sigmoid().mean().backward()
+        for name, param in model.named_parameters():
+            if is_plugin_parameter(name):
+                assert param.requires_grad, name
+                assert param.grad is not None and param.grad.abs().sum() > 0, name
+            else:
+                assert not param.requires_grad and param.grad is None, name
+
+    def test_plugin_layers_ablation(self, tester, inputs):
+        model = StableSamModel(tester.get_config(plugin_layers=[0, 1])).eval()
+        layers = model.mask_decoder.transformer.layers
+        assert all(isinstance(layer, StableSamTwoWayAttentionBlock) for layer in layers)
+        assert layers[0].skip_first_layer_pe and not layers[1].skip_first_layer_pe
+        perturb_plugins_(model)
+        with torch.no_grad():
+            outputs = model(
+                pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"], output_sampling_offsets=True
+            )
+        assert len(outputs.sampling_offsets) == 2
+        assert outputs.routing_weights.shape == (2, 3, 2)
+
+    def test_return_dict_false(self, tester, inputs):
+        model = StableSamModel(tester.get_config()).eval()
+        with torch.no_grad():
+            outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"], return_dict=False)
+        assert isinstance(outputs, tuple)
+        assert outputs[-1].shape == (2, 3, 2)
+
+
+class TestParameterCount:
+    # Vision sizes of facebook/sam-vit-{base,large,huge}; the decoder is 256 wide in all three
+    VISION = {
+        "vit-b": {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "global_attn_indexes": [2, 5, 8, 11],
+        },
+        "vit-l": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "global_attn_indexes": [5, 11, 17, 23],
+        },
+        "vit-h": {
+            "hidden_size": 1280,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 16,
+            "global_attn_indexes": [7, 15, 23, 31],
+        },
+    }
+
+    @pytest.mark.parametrize("size", sorted(VISION))
+    def test_trainable_parameters_are_81828(self, size):
+        with torch.device("meta"):
+            model = StableSamModel(StableSamConfig(vision_config=self.VISION[size]))
+        total = model.num_parameters()
+        model.freeze_base_model()
+        assert model.num_parameters(only_trainable=True) == 81_828
+        assert sum(p.numel() for _, p in model.plugin_named_parameters()) == 81_828
+        with torch.device("meta"):
+            sam = SamModel(SamConfig(vision_config=self.VISION[size]))
+        assert total - sam.num_parameters() == 81_828
+
+    def test_split_between_dsp_and_drp(self):
+        with torch.device("meta"):
+            model = StableSamModel(StableSamConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1}))
+        dsp = sum(p.numel() for n, p in model.plugin_named_parameters() if ".dsp." in n)
+        drp = sum(p.numel() for n, p in model.plugin_named_parameters() if ".drp." in n)
+        assert (dsp, drp) == (73_474, 8_354)
+
+
+class TestLoading:
+    def test_from_sam_checkpoint_reports_only_plugins_missing(self, tmp_path, inputs):
+        torch.manual_seed(0)
+        sam = SamModel(tiny_sam_config()).eval()
+        sam.save_pretrained(tmp_path / "sam")
+        model, info = StableSamModel.from_pretrained(tmp_path / "sam", output_loading_info=True)
+        assert info["unexpected_keys"] == set() or info["unexpected_keys"] == []
+        assert info["mismatched_keys"] == set() or info["mismatched_keys"] == []
+        assert len(info["missing_keys"]) == 14
+        assert all(is_plugin_parameter(key) for key in info["missing_keys"])
+        assert isinstance(model.config, StableSamConfig)
+        with torch.no_grad():
+            expected = sam(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+            actual = model.eval()(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+        torch.testing.assert_close(actual.pred_masks, expected.pred_masks, atol=1e-5, rtol=1e-5)
+
+    def test_auto_classes_return_stable_sam(self, tmp_path, tester, inputs):
+        model = perturb_plugins_(StableSamModel(tester.get_config())).eval()
+        model.save_pretrained(tmp_path)
+        for auto_class in (AutoModel, AutoModelForMaskGeneration):
+            loaded = auto_class.from_pretrained(tmp_path).eval()
+            assert type(loaded) is StableSamModel
+            with torch.no_grad():
+                expected = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+                actual = loaded(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+            torch.testing.assert_close(actual.pred_masks, expected.pred_masks)
+            torch.testing.assert_close(actual.routing_weights, expected.routing_weights)
