@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -68,17 +69,23 @@ def count_flops(model, inputs) -> int:
 
 def peak_memory_child(method: str, num_prompts: int) -> None:
     """Run in a fresh process: prints the peak resident memory added by one decoder forward, in MB."""
-    import resource
-
-    import psutil
-
     model = build_model(method)
     inputs = decoder_inputs(method, num_prompts)
-    before = psutil.Process().memory_info().rss
+    with torch.inference_mode():
+        model(**inputs, multimask_output=True)  # allocator and kernels warm
+    # Linux: writing 5 to clear_refs resets the peak-RSS counter (VmHWM) to the current RSS
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _proc_status_kb("VmRSS")
     with torch.inference_mode():
         model(**inputs, multimask_output=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_mb": (peak - before) / 2**20}))
+    print(json.dumps({"peak_mb": (_proc_status_kb("VmHWM") - before) / 1024}))
+
+
+def _proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def peak_memory(method: str, num_prompts: int) -> float:
@@ -114,7 +121,7 @@ def main():
                 models[method](**inputs[method])
             for _ in range(iterations):
                 for method in METHODS:
-                    times[method] += time_call(lambda m=method: models[m](**inputs[m]), 1)
+                    times[method] += time_call(lambda m=models[method], x=inputs[method]: m(**x), 1)
         flops = {method: count_flops(models[method], inputs[method]) for method in METHODS}
         memory = {method: peak_memory(method, num_prompts) for method in METHODS}
         median = {method: statistics.median(times[method]) for method in METHODS}

@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, SamC
 
 from stable_sam_hf import StableSamConfig, StableSamModel
 from stable_sam_hf.modeling_stable_sam import StableSamTwoWayAttentionBlock, is_plugin_parameter
+
 from tiny import IMAGE_SIZE, perturb_plugins_, tiny_sam_config, tiny_stable_sam_config
 
 

@@ -22,6 +22,9 @@ from transformers.utils import ModelOutput
 from .configuration_stable_sam import StableSamConfig
 
 
+# Prompts per DSP call at inference: bounds the plugin's temporary feature maps (each 4 MB a prompt at ViT-B sizes)
+DSP_INFERENCE_CHUNK = 2
+
 # Parameter names containing one of these module names belong to the plugins: "trainable" and "saved" filter on it
 PLUGIN_MODULE_NAMES = ("dsp", "drp")
 
@@ -169,6 +172,24 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
         # Set by StableSamMaskDecoder.plugin_call for the duration of one forward
         self.plugin_call: _PluginCall | None = None
 
+    def _sample_and_mix(
+        self, keys: torch.Tensor, alpha_1: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`lerp(keys, DSP(keys), alpha_1)`; without autograd, in chunks of prompts so DSP temporaries stay small."""
+        if torch.is_grad_enabled() and (
+            keys.requires_grad or alpha_1.requires_grad or self.dsp.proj.weight.requires_grad
+        ):
+            sampled, offsets = self.dsp(keys, height, width)
+            return torch.lerp(keys, sampled, alpha_1), offsets
+        mixed = torch.empty_like(keys)
+        offsets = []
+        for start in range(0, keys.shape[0], DSP_INFERENCE_CHUNK):
+            chunk = slice(start, start + DSP_INFERENCE_CHUNK)
+            sampled, chunk_offsets = self.dsp(keys[chunk], height, width)
+            torch.lerp(keys[chunk], sampled, alpha_1[chunk], out=mixed[chunk])
+            offsets.append(chunk_offsets)
+        return mixed, torch.cat(offsets)
+
     def forward(
         self,
         queries: torch.Tensor,
@@ -203,9 +224,8 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
         if call.routing_weight is not None and not bool(call.routing_weight.any()):
             mixed = keys
         else:
-            sampled, offsets = self.dsp(keys, side, keys.shape[2] // side)
             alpha_1 = routing[..., 0].reshape(batch_size * point_batch_size, 1, 1, 1)
-            mixed = torch.lerp(keys, sampled, alpha_1)
+            mixed, offsets = self._sample_and_mix(keys, alpha_1, side, keys.shape[2] // side)
             if call.output_sampling_offsets:
                 call.sampling_offsets.append(offsets.view(batch_size, point_batch_size, *offsets.shape[1:]))
 
