@@ -1,0 +1,17 @@
+PYTHON ?= python
+
+.PHONY: test quality style bench
+
+test:
+	$(PYTHON) -m pytest -q
+
+quality:
+	ruff check .
+	ruff format --check .
+
+style:
+	ruff check --fix .
+	ruff format .
+
+bench:
+	$(PYTHON) benchmarks/bench_decoder.py
