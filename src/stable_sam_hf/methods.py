@@ -1,0 +1,276 @@
+"""The trainable methods that training and evaluation compare, on one frozen SAM.
+
+- `stable`: Stable-SAM's DSP + DRP plugins (81,828 parameters).
+- `lora`: LoRA rank 4 (peft) on every ViT encoder FFN linear, plus SAM's mask prediction heads.
+- `adapter`: AdaptFormer bottleneck-64 adapters parallel to every ViT encoder FFN, plus the prediction heads.
+- `decoder`: the whole mask decoder.
+- `hq`: transformers' `SamHQModel` (HQ-SAM), its HQ parts only.
+
+Appendix of the Stable-SAM paper, "LoRA and adapters": the adapters and LoRA sit on the FFN of each ViT layer, and
+"SAM's prediction layer" trains with them; here that is the mask decoder's hypernetwork MLPs.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import SamHQConfig, SamHQModel, SamModel
+
+from .modeling_stable_sam import StableSamModel, is_plugin_parameter
+
+
+METHODS = ("stable", "lora", "adapter", "decoder", "hq")
+
+# Every ViT encoder FFN linear; a bare "lin1" would also match the mask decoder's MLPs
+LORA_TARGET_MODULES = r"vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)"
+LORA_RANK = 4
+ADAPTER_BOTTLENECK = 64
+ADAPTER_SCALE = 0.1
+# The mask prediction heads (the IoU head gets no gradient from a mask loss)
+PREDICTION_HEAD_PREFIXES = ("mask_decoder.output_hypernetworks_mlps.",)
+HQ_PARAMETER_PREFIXES = (
+    "mask_decoder.hq_token.",
+    "mask_decoder.hq_mask_mlp.",
+    "mask_decoder.compress_vit_",
+    "mask_decoder.encoder_",
+    "mask_decoder.mask_conv",
+    "mask_decoder.mask_norm",
+)
+TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
+
+
+class ParallelAdapter(nn.Module):
+    """AdaptFormer's adapter: `scale * up(GELU(down(x)))`, added to the FFN output (Chen et al., 2022)."""
+
+    def __init__(self, hidden_size: int, *, bottleneck: int = ADAPTER_BOTTLENECK, scale: float = ADAPTER_SCALE):
+        super().__init__()
+        self.scale = scale
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, hidden_size)
+        # Zero up-projection: the adapted model starts as SAM
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.act(self.down(hidden_states)))
+
+
+def add_parallel_adapters(model: SamModel, bottleneck: int = ADAPTER_BOTTLENECK, scale: float = ADAPTER_SCALE):
+    """Adds a `ParallelAdapter` as `vision_encoder.layers.N.adapter` beside each encoder FFN (SAM keys unchanged)."""
+    for layer in model.vision_encoder.layers:
+        if hasattr(layer, "adapter"):
+            raise ValueError("`model` already has parallel adapters.")
+        hidden_size = layer.mlp.lin1.in_features
+        layer.adapter = ParallelAdapter(hidden_size, bottleneck=bottleneck, scale=scale).to(layer.mlp.lin1.weight)
+        layer.mlp.register_forward_hook(lambda module, args, output, adapter=layer.adapter: output + adapter(args[0]))
+    return model
+
+
+# Prompt kinds of a collated batch (`collate_prompts`): boxes (GT or noisy), points, coarse masks
+PROMPT_KIND_BOX, PROMPT_KIND_POINTS, PROMPT_KIND_MASK = 0, 1, 2
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def collate_prompts(
+    prompts: list[dict[str, torch.Tensor]], max_points: int, mask_size: int
+) -> dict[str, torch.Tensor]:
+    """Stacks per-object prompts (`prompts.sample_prompt` dicts) of mixed kinds into fixed-shape tensors.
+
+    Returns:
+        `dict` with `prompt_kind` (`(batch_size,)`), `num_points` (`(batch_size,)`), `input_boxes`
+        (`(batch_size, 4)`), `input_points` (`(batch_size, max_points, 2)`), `input_labels`
+        (`(batch_size, max_points)`, -10 for padding) and `input_masks` (`(batch_size, mask_size, mask_size)`);
+        the entries of other kinds are zeros.
+    """
+    batch_size = len(prompts)
+    batch = {
+        "prompt_kind": torch.zeros(batch_size, dtype=torch.long),
+        "num_points": torch.zeros(batch_size, dtype=torch.long),
+        "input_boxes": torch.zeros(batch_size, 4),
+        "input_points": torch.zeros(batch_size, max_points, 2),
+        "input_labels": torch.full((batch_size, max_points), -10, dtype=torch.long),
+        "input_masks": torch.zeros(batch_size, mask_size, mask_size),
+    }
+    for index, prompt in enumerate(prompts):
+        if "input_boxes" in prompt:
+            batch["prompt_kind"][index] = PROMPT_KIND_BOX
+            batch["input_boxes"][index] = prompt["input_boxes"][0]
+        elif "input_points" in prompt:
+            count = prompt["input_points"].shape[1]
+            if count > max_points:
+                raise ValueError(f"A prompt has {count} points, more than `max_points` ({max_points}).")
+            batch["prompt_kind"][index] = PROMPT_KIND_POINTS
+            batch["num_points"][index] = count
+            batch["input_points"][index, :count] = prompt["input_points"][0]
+            batch["input_labels"][index, :count] = prompt["input_labels"][0]
+        elif "input_masks" in prompt:
+            batch["prompt_kind"][index] = PROMPT_KIND_MASK
+            batch["input_masks"][index] = prompt["input_masks"][0]
+        else:
+            raise ValueError(f"Prompt {index} has none of input_boxes, input_points, input_masks: {sorted(prompt)}.")
+    return batch
+
+
+def _prompt_groups(prompt_kind: torch.Tensor, num_points: torch.Tensor):
+    """Indices of the objects that can share one decoder call: same kind and, for points, same count."""
+    keys = prompt_kind * 10_000 + num_points
+    for key in keys.unique().tolist():
+        yield key // 10_000, key % 10_000, (keys == key).nonzero().squeeze(1)
+
+
+class PromptedSegmenter(nn.Module):
+    """One image per object, one prompt per object: uint8 images + collated prompts -> low-res mask logits.
+
+    The whole computation is one `forward`, so that a distributed wrapper sees every trainable parameter in it.
+    """
+
+    def __init__(self, method: str, model: nn.Module, encoder_trainable: bool):
+        super().__init__()
+        self.method = method
+        self.model = model
+        self.encoder_trainable = encoder_trainable
+        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def sam(self) -> nn.Module:
+        """The SAM-like model itself (under the peft wrapper for LoRA)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: param.detach() for name, param in self.model.named_parameters() if param.requires_grad}
+
+    def save_trainable(self, folder: str | Path) -> Path:
+        """Writes the trainable weights only (safetensors): a checkpoint that stays small for any method."""
+        path = Path(folder) / TRAINABLE_WEIGHTS_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}, str(path))
+        return path
+
+    def load_trainable(self, folder: str | Path) -> None:
+        path = Path(folder) / TRAINABLE_WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"No {TRAINABLE_WEIGHTS_NAME} in {folder}.")
+        state = load_file(str(path))
+        expected = {name for name, param in self.model.named_parameters() if param.requires_grad}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"{path} does not fit the `{self.method}` model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        self.model.load_state_dict(state, strict=False)
+
+    def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encoder outputs for uint8 `images` `(batch_size, 3, size, size)`; no gradient unless the encoder trains."""
+        pixel_values = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
+            outputs = self.sam.vision_encoder(pixel_values)
+        features = {"image_embeddings": outputs.last_hidden_state}
+        if self.method == "hq":
+            features["intermediate_embeddings"] = outputs.intermediate_embeddings
+        return features
+
+    def forward(self, images: torch.Tensor, prompts: dict[str, torch.Tensor], **model_kwargs) -> torch.Tensor:
+        """
+        Args:
+            images (`torch.Tensor` of shape `(batch_size, 3, size, size)`): uint8 RGB, `size` the model's input size.
+            prompts (`dict`): a `collate_prompts` batch, coordinates in the images' pixel frame.
+            model_kwargs: passed to the model (e.g. `routing_weight` for Stable-SAM).
+        Returns:
+            `torch.Tensor` of shape `(batch_size, mask_size, mask_size)`: low-resolution mask logits.
+        """
+        features = self.image_features(images)
+        extra = {"hq_token_only": True} if self.method == "hq" else {}
+        logits = None
+        for kind, count, index in _prompt_groups(prompts["prompt_kind"], prompts["num_points"]):
+            group = {name: value[index] for name, value in features.items() if name != "intermediate_embeddings"}
+            if "intermediate_embeddings" in features:
+                group["intermediate_embeddings"] = [value[index] for value in features["intermediate_embeddings"]]
+            if kind == PROMPT_KIND_BOX:
+                group["input_boxes"] = prompts["input_boxes"][index, None]  # B x 1 x 4
+            elif kind == PROMPT_KIND_POINTS:
+                group["input_points"] = prompts["input_points"][index, None, :count]  # B x 1 x k x 2
+                group["input_labels"] = prompts["input_labels"][index, None, :count]
+            else:
+                group["input_masks"] = prompts["input_masks"][index, None]  # B x 1 x S x S
+            group_kwargs = {**model_kwargs}
+            if "routing_weight" in group_kwargs and torch.is_tensor(group_kwargs["routing_weight"]):
+                group_kwargs["routing_weight"] = group_kwargs["routing_weight"][index, None]
+            outputs = self.model(**group, **group_kwargs, multimask_output=False, **extra)
+            group_logits = outputs.pred_masks[:, 0, 0]  # B x S x S
+            if logits is None:
+                logits = group_logits.new_zeros(images.shape[0], *group_logits.shape[-2:])
+            logits = logits.index_copy(0, index, group_logits)
+        return logits
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """BCE + dice of low-res logits `(batch_size, h, w)` upsampled to bool `masks` `(batch_size, H, W)`."""
+    logits = F.interpolate(logits[:, None].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    target = masks.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    probs = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    dice = 1 - (2 * (probs * target).sum(-1) + 1) / (probs.sum(-1) + target.sum(-1) + 1)
+    return bce + dice.mean()
+
+
+def _freeze_all_but(model: nn.Module, keep) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(keep(name))
+
+
+def build_segmenter(
+    method: str, base_model_name_or_path: str | Path, **from_pretrained_kwargs
+) -> PromptedSegmenter:
+    """Loads the base SAM checkpoint for `method` and leaves exactly that method's parameters trainable."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    base = str(base_model_name_or_path)
+    if method == "stable":
+        model = StableSamModel.from_pretrained(base, **from_pretrained_kwargs)
+        _freeze_all_but(model, is_plugin_parameter)
+        return PromptedSegmenter(method, model, encoder_trainable=False)
+    if method == "hq":
+        # HQ-SAM fuses ViT features of the encoder's own width
+        config = SamHQConfig.from_pretrained(base)
+        config.mask_decoder_config.vit_dim = config.vision_config.hidden_size
+        model = SamHQModel.from_pretrained(base, config=config, **from_pretrained_kwargs)
+        _freeze_all_but(model, lambda name: name.startswith(HQ_PARAMETER_PREFIXES))
+        return PromptedSegmenter(method, model, encoder_trainable=False)
+    model = SamModel.from_pretrained(base, **from_pretrained_kwargs)
+    if method == "decoder":
+        _freeze_all_but(model, lambda name: name.startswith("mask_decoder."))
+        return PromptedSegmenter(method, model, encoder_trainable=False)
+    if method == "adapter":
+        add_parallel_adapters(model)
+        _freeze_all_but(model, lambda name: ".adapter." in name or name.startswith(PREDICTION_HEAD_PREFIXES))
+        return PromptedSegmenter(method, model, encoder_trainable=True)
+    from peft import LoraConfig, get_peft_model
+
+    _freeze_all_but(model, lambda name: False)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGET_MODULES)
+    )
+    for name, param in peft_model.named_parameters():
+        if name.removeprefix("base_model.model.").startswith(PREDICTION_HEAD_PREFIXES):
+            param.requires_grad_(True)
+    return PromptedSegmenter(method, peft_model, encoder_trainable=True)
+
+
+__all__ = [
+    "ADAPTER_BOTTLENECK",
+    "LORA_RANK",
+    "LORA_TARGET_MODULES",
+    "METHODS",
+    "ParallelAdapter",
+    "PromptedSegmenter",
+    "add_parallel_adapters",
+    "build_segmenter",
+    "collate_prompts",
+    "segmentation_loss",
+]
