@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import make_hqseg_tree
 from safetensors.torch import load_file
-from tiny import tiny_sam_config
 from transformers import SamModel
 
 from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import METHODS, TRAINABLE_WEIGHTS_NAME
+
+from fixtures import make_hqseg_tree
+from tiny import tiny_sam_config
 
 
 ROOT = Path(__file__).resolve().parents[1]
