@@ -44,7 +44,12 @@ def build_offline_base(folder: Path) -> Path:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_model", default=None, help="SAM checkpoint (Hub id or folder); default: built here.")
+    parser.add_argument("--save_base", default=None, help="Also save the small offline SAM to this folder, then stop.")
     args = parser.parse_args()
+    if args.save_base:
+        build_offline_base(Path(args.save_base))
+        print(f"Saved a small SAM (256x256 input, random weights) to {args.save_base}")
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -280,7 +280,7 @@ def main(argv=None):
 
     accelerator.wait_for_everyone()
     if skipped.total():
-        logger.warning(f"Skipped samples: {skipped.report()}")
+        logger.warning(f"Skipped samples and dropped occluders: {skipped.report()}")
     else:
         logger.info("Skipped samples: none")
     if accelerator.is_main_process:
