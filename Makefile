@@ -14,4 +14,6 @@ style:
 	ruff format .
 
 bench:
-	$(PYTHON) benchmarks/bench_decoder.py
+	$(PYTHON) benchmarks/bench_decoder.py --full_forward
+	$(PYTHON) benchmarks/bench_pipeline.py --setting all
+	$(PYTHON) benchmarks/bench_train.py
