@@ -20,6 +20,7 @@ from transformers.models.sam.modeling_sam import (
 from transformers.utils import ModelOutput
 
 from .configuration_stable_sam import StableSamConfig
+from .hub import StableSamAdapterMixin
 
 
 # Prompts per DSP call at inference: bounds the plugin's temporary feature maps (each 4 MB a prompt at ViT-B sizes)
@@ -274,7 +275,7 @@ class StableSamMaskDecoder(SamMaskDecoder):
                 layer.plugin_call = None
 
 
-class StableSamModel(SamModel):
+class StableSamModel(StableSamAdapterMixin, SamModel):
     r"""
     Stable-SAM: a frozen SAM whose mask decoder gets two small plugins, DSP (deformable sampling) and DRP (dynamic
     routing), about 0.08M parameters for every SAM size. A fresh model computes exactly what SAM computes; training
