@@ -353,6 +353,16 @@ def upload_release_folder(
     )
 
 
+# Config fields a SAM checkpoint lacks: given to from_pretrained, they set the plugins of the converted config
+_PLUGIN_CONFIG_FIELDS = (
+    "plugin_layers",
+    "offset_range",
+    "offset_kernel_size",
+    "routing_hidden_size",
+    "routing_token_index",
+)
+
+
 class StableSamAdapterMixin:
     """
     Adapter releases for `StableSamModel`: `save_pretrained` writes the plugin weights only (or a full checkpoint on
@@ -679,6 +689,14 @@ class StableSamAdapterMixin:
             adapter_file = _is_stable_sam_adapter(pretrained_model_name_or_path, **hub_kwargs)
 
         if adapter_file is None:
+            if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+                # A plain SAM checkpoint: its sizes plus default plugin settings (no model-type mismatch warning)
+                config_dict = _read_config_dict(pretrained_model_name_or_path, **hub_kwargs) or {}
+                if config_dict.get("model_type") == "sam":
+                    plugin_kwargs = {key: kwargs.pop(key) for key in _PLUGIN_CONFIG_FIELDS if key in kwargs}
+                    kwargs["config"] = cls.config_class.from_sam_config(
+                        SamConfig.from_dict(config_dict), **plugin_kwargs
+                    )
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
             model = loaded[0] if isinstance(loaded, tuple) else loaded
             if base_model_name_or_path is not None:

@@ -1,0 +1,269 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import SamModel
+
+from stable_sam_hf.synthetic import (
+    DOMAINS,
+    SceneConfig,
+    generate_scene,
+    generate_scene_labels,
+    generate_scenes,
+    labels_to_masks,
+    write_scene_tree,
+)
+
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "train_toy_base.py"
+
+
+def _load_train_script():
+    spec = importlib.util.spec_from_file_location("train_toy_base", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestSceneGenerator:
+    def test_same_seed_and_index_give_the_same_scene(self):
+        image_a, masks_a = generate_scene(7, size=64, seed=3)
+        image_b, masks_b = generate_scene(7, size=64, seed=3)
+        np.testing.assert_array_equal(image_a, image_b)
+        np.testing.assert_array_equal(masks_a, masks_b)
+
+    def test_scene_does_not_depend_on_how_many_are_generated(self):
+        images, labels = generate_scenes(6, size=64, seed=3)
+        tail_images, tail_labels = generate_scenes(3, size=64, seed=3, start=3)
+        np.testing.assert_array_equal(images[3:], tail_images)
+        np.testing.assert_array_equal(labels[3:], tail_labels)
+        for index in (0, 4):
+            image, masks = generate_scene(index, size=64, seed=3)
+            np.testing.assert_array_equal(images[index], image)
+            np.testing.assert_array_equal(labels_to_masks(labels[index]), masks)
+
+    def test_seed_index_and_domain_change_the_scene(self):
+        image, _ = generate_scene(0, size=64, seed=0)
+        assert not np.array_equal(image, generate_scene(0, size=64, seed=1)[0])
+        assert not np.array_equal(image, generate_scene(1, size=64, seed=0)[0])
+        assert not np.array_equal(image, generate_scene(0, size=64, seed=0, domain="shifted")[0])
+
+    @pytest.mark.parametrize("domain", DOMAINS)
+    def test_masks_are_non_empty_disjoint_and_large_enough(self, domain):
+        config = SceneConfig()
+        for index in range(12):
+            image, masks = generate_scene(index, size=96, domain=domain, seed=5)
+            assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+            assert masks.dtype == np.bool_ and masks.ndim == 3 and masks.shape[1:] == (96, 96)
+            assert masks.shape[0] >= 1
+            areas = masks.sum(axis=(1, 2))
+            assert (areas >= config.min_visible_area * 96 * 96).all()
+            # Visible parts never overlap: an occluded object loses the pixels of the objects on top of it
+            assert masks.sum(axis=0).max() <= 1
+            # Every object has a non-degenerate box
+            assert (masks.any(axis=1).sum(axis=1) >= 2).all() and (masks.any(axis=2).sum(axis=1) >= 2).all()
+
+    def test_scenes_have_touching_objects_and_uncovered_pixels(self):
+        _, labels = generate_scenes(16, size=96, seed=0)
+        touching = 0
+        for label in labels:
+            right = (label[:, 1:] != label[:, :-1]) & (label[:, 1:] > 0) & (label[:, :-1] > 0)
+            down = (label[1:] != label[:-1]) & (label[1:] > 0) & (label[:-1] > 0)
+            touching += int(right.any() or down.any())
+        # Clutter: most scenes have two objects sharing a boundary, and every scene has background
+        assert touching >= 8
+        assert (labels == 0).reshape(16, -1).any(axis=1).all()
+
+    def test_several_objects_per_scene_on_average(self):
+        _, labels = generate_scenes(20, size=96, seed=0)
+        counts = labels.reshape(20, -1).max(axis=1)
+        assert counts.min() >= 1
+        assert counts.mean() >= 3
+
+    def test_shifted_domain_has_other_colours(self):
+        train, _ = generate_scenes(16, size=64, seed=0, domain="train")
+        shifted, _ = generate_scenes(16, size=64, seed=0, domain="shifted")
+        # Train hues run from red to cyan, shifted hues from blue to pink: blue dominates red only in the shifted domain
+        train_blue_minus_red = train[..., 2].astype(float).mean() - train[..., 0].astype(float).mean()
+        shifted_blue_minus_red = shifted[..., 2].astype(float).mean() - shifted[..., 0].astype(float).mean()
+        assert shifted_blue_minus_red > train_blue_minus_red + 30
+
+    def test_config_controls_the_number_of_objects(self):
+        config = SceneConfig(min_objects=1, max_objects=1, p_nest=0.0, p_on_top=0.0)
+        for index in range(5):
+            _, masks = generate_scene(index, size=64, config=config)
+            assert masks.shape[0] == 1
+
+    def test_labels_to_masks(self):
+        labels = np.array([[0, 1, 1], [2, 2, 0]], dtype=np.uint8)
+        masks = labels_to_masks(labels)
+        np.testing.assert_array_equal(masks, [[[0, 1, 1], [0, 0, 0]], [[0, 0, 0], [1, 1, 0]]])
+        with pytest.raises(ValueError, match="labels"):
+            labels_to_masks(labels.astype(np.float32))
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            ({"domain": "test"}, ValueError, "domain"),
+            ({"size": 8}, ValueError, "size"),
+            ({"size": 64.0}, TypeError, "size"),
+            ({"seed": -1}, ValueError, "seed"),
+            ({"config": {"min_objects": 2}}, TypeError, "config"),
+        ],
+    )
+    def test_bad_arguments_raise(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            generate_scene(0, **kwargs)
+
+    def test_bad_index_and_config_raise(self):
+        with pytest.raises(ValueError, match="index"):
+            generate_scene(-1)
+        with pytest.raises(ValueError, match="min_objects"):
+            SceneConfig(min_objects=0)
+        with pytest.raises(ValueError, match="p_touch"):
+            SceneConfig(p_touch=1.5)
+
+
+class TestWriteSceneTree:
+    def test_writes_decodable_pairs_matching_the_scenes(self, tmp_path):
+        stems = write_scene_tree(tmp_path, 3, size=48, domain="shifted", seed=2, start=10)
+        dataset = tmp_path / "Synthetic-shifted"
+        images = sorted(p.stem for p in (dataset / "im").glob("*.jpg"))
+        masks = sorted(p.stem for p in (dataset / "gt").glob("*.png"))
+        assert images == masks == sorted(stems)
+        expected = sum(int(generate_scene_labels(i, 48, "shifted", 2)[1].max()) for i in range(10, 13))
+        assert len(stems) == expected
+        for stem in stems:
+            index, k = (int(part) for part in stem.replace("scene", "").split("_obj"))
+            image, labels = generate_scene_labels(index, 48, "shifted", 2)
+            with Image.open(dataset / "im" / f"{stem}.jpg") as picture:
+                assert picture.mode == "RGB" and picture.size == (48, 48)
+                decoded = np.asarray(picture)
+            # JPEG is lossy but close at quality 95
+            assert np.abs(decoded.astype(int) - image.astype(int)).mean() < 6
+            with Image.open(dataset / "gt" / f"{stem}.png") as picture:
+                mask = np.asarray(picture)
+            assert mask.shape == (48, 48)
+            assert set(np.unique(mask)) <= {0, 255}
+            np.testing.assert_array_equal(mask == 255, labels == k)
+
+    def test_one_folder_layout_and_bad_names(self, tmp_path):
+        write_scene_tree(tmp_path, 1, size=32, dataset_name="toy", image_dir="all", mask_dir="all")
+        files = list((tmp_path / "toy" / "all").iterdir())
+        assert {p.suffix for p in files} == {".jpg", ".png"}
+        with pytest.raises(ValueError, match="image_dir"):
+            write_scene_tree(tmp_path, 1, image_dir="")
+        with pytest.raises(ValueError, match="jpeg_quality"):
+            write_scene_tree(tmp_path, 1, jpeg_quality=101)
+
+
+def _tiny_args(module, output_dir, **overrides):
+    values = {
+        "output_dir": str(output_dir),
+        "image_size": 32,
+        "num_train_scenes": 6,
+        "num_eval_scenes": 2,
+        "patch_size": 8,
+        "vision_hidden_size": 32,
+        "vision_num_layers": 1,
+        "vision_num_heads": 2,
+        "vision_mlp_dim": 64,
+        "decoder_mlp_dim": 64,
+        "max_train_steps": 2,
+        "train_batch_size": 2,
+        "prompts_per_image": 2,
+        "warmup_steps": 1,
+        "logging_steps": 1,
+        "eval_steps": 0,
+        "checkpointing_steps": 1,
+        "checkpoints_total_limit": 5,
+        "num_threads": 1,
+    }
+    values.update(overrides)
+    return module.ToyBaseTrainingArguments(**values)
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_train_script()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # main() sets torch's thread count (one thread: multi-threaded CPU torch crawls on a busy machine)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+class TestTrainToyBase:
+    def test_fresh_model_has_unit_std_frozen_positional_embedding(self, script, tmp_path):
+        model = script.build_toy_sam(_tiny_args(script, tmp_path))
+        embedding = model.shared_image_embedding.positional_embedding
+        assert 0.8 < embedding.std().item() < 1.2
+        assert not embedding.requires_grad
+        assert model.prompt_encoder.shared_embedding.positional_embedding is embedding
+        assert model.config.mask_decoder_config.hidden_size == 256
+        assert model.config.vision_config.output_channels == 256
+        # transformers' default vision initializer_range (1e-10) would leave the encoder at zero
+        assert model.vision_encoder.layers[0].attn.qkv.weight.std().item() > 1e-3
+
+    def test_loss_is_small_for_a_perfect_prediction(self, script):
+        masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+        masks[0, 2:5, 2:5] = True
+        masks[1, 0, :] = True
+        perfect = torch.where(masks, 20.0, -20.0)
+        loss, iou = script.segmentation_loss(perfect, torch.ones(2), masks, 1.0)
+        torch.testing.assert_close(iou, torch.ones(2))
+        assert (loss < 0.1).all()
+        wrong, wrong_iou = script.segmentation_loss(-perfect, torch.ones(2), masks, 1.0)
+        assert (wrong_iou == 0).all() and (wrong > 2).all()
+
+    def test_two_steps_write_loadable_checkpoints(self, script, tmp_path):
+        result = script.main(_tiny_args(script, tmp_path))
+        assert result["global_step"] == 2
+        assert np.isfinite(result["train_loss"])
+        assert set(result["eval"]) == {"train", "shifted"}
+        assert set(result["eval"]["train"]) == {"box", "noisy_box", "points_1", "points_3"}
+        for path in (tmp_path / "checkpoint-2", tmp_path):
+            model = SamModel.from_pretrained(path)
+            embedding = model.shared_image_embedding.positional_embedding
+            assert embedding.dtype == torch.float32
+            assert 0.8 < embedding.std().item() < 1.2
+            assert model.prompt_encoder.shared_embedding.positional_embedding is embedding
+        # The final weights are stored as float16, the checkpoints as float32
+        with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+            assert weights.get_tensor("mask_decoder.iou_token.weight").dtype == torch.float16
+        with safe_open(tmp_path / "checkpoint-2" / "model.safetensors", "pt") as weights:
+            assert weights.get_tensor("mask_decoder.iou_token.weight").dtype == torch.float32
+        card = (tmp_path / "README.md").read_text()
+        assert "not SAM" in card and "noisy_box" in card
+        assert json.loads((tmp_path / "eval_results.json").read_text())["step"] == 2
+
+    def test_resume_continues_exactly(self, script, tmp_path):
+        straight = script.main(_tiny_args(script, tmp_path / "straight", max_train_steps=3, save_dtype="float32"))
+        stopped = script.main(_tiny_args(script, tmp_path / "resumed", max_train_steps=3, stop_at_step=2))
+        assert stopped["global_step"] == 2
+        assert not (tmp_path / "resumed" / "model.safetensors").exists()
+        resumed = script.main(
+            _tiny_args(script, tmp_path / "resumed", max_train_steps=3, save_dtype="float32", resume=True)
+        )
+        assert resumed["global_step"] == straight["global_step"] == 3
+        model_straight = SamModel.from_pretrained(tmp_path / "straight")
+        model_resumed = SamModel.from_pretrained(tmp_path / "resumed")
+        for (name, a), (_, b) in zip(model_straight.state_dict().items(), model_resumed.state_dict().items()):
+            torch.testing.assert_close(a, b, msg=name)
+        assert resumed["eval"] == straight["eval"]
+
+    def test_bad_arguments_raise(self, script, tmp_path):
+        with pytest.raises(ValueError, match="eval_seed"):
+            _tiny_args(script, tmp_path, eval_seed=0)
+        with pytest.raises(ValueError, match="patch_size"):
+            _tiny_args(script, tmp_path, image_size=36)
+        with pytest.raises(ValueError, match="eval_prompt_types"):
+            _tiny_args(script, tmp_path, eval_prompt_types=["points_0"])
