@@ -66,9 +66,9 @@ def _train_args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _run(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def _run(args: list[str], launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [str(TRAIN), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, env={**_env(), **(env or {})}, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -157,8 +157,14 @@ def test_resume_after_kill_matches_uninterrupted_run(workspace, tmp_path):
 def test_two_processes_agree_with_one(workspace, tmp_path):
     steps = ["--max_train_steps", "3", "--checkpointing_steps", "0"]
     _run(_train_args(workspace, tmp_path / "one", *steps))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
-    _run(_train_args(workspace, tmp_path / "two", *steps, "--per_device_train_batch_size", "1"), launcher=launcher)
+    # `accelerate launch --cpu --num_processes 2` starts one process (accelerate 1.15); this starts two on the CPU
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    result = _run(
+        _train_args(workspace, tmp_path / "two", *steps, "--per_device_train_batch_size", "1"),
+        launcher=launcher,
+        env={"ACCELERATE_USE_CPU": "true"},
+    )
+    assert "1 x 2 processes" in result.stderr, "training did not run in two processes"
     one = json.loads((tmp_path / "one" / "training_summary.json").read_text())["losses"]
     two = json.loads((tmp_path / "two" / "training_summary.json").read_text())["losses"]
     assert len(one) == len(two) == 3

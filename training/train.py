@@ -5,7 +5,7 @@ drawn per object from {GT box, 1/3/5/10 points, noisy box, coarse mask}, BCE + d
 weight decay, a total batch of 32, one epoch. Runs on a CPU, one GPU or many through accelerate:
 
     accelerate launch training/train.py --dataset data/hqseg44k --base_model facebook/sam-vit-base --output_dir out
-    accelerate launch --cpu --num_processes 2 training/train.py ...    # two processes, same global batch
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 training/train.py ...  # two CPU processes
 
 Streaming has no length, so training runs for `--max_train_steps` optimizer steps (default: one epoch of
 HQSeg-44K, 44,320 samples / 32 = 1,385 steps). Checkpoints (`save_state`) hold the trainable weights only.

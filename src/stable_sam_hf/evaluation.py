@@ -1,0 +1,538 @@
+"""Evaluation under seeded random prompts: model specs, SAM-style inference with batched prompts, per-object scores,
+and COCO mask AP with noisy-box prompts. `training/evaluate_model.py` is the command-line front end.
+
+Inference follows `SamProcessor`: the image's longest side is resized to the model's input size and the image is padded
+at the bottom and right; prompts drawn on the ground-truth mask in the original frame are scaled into the resized frame;
+low-resolution logits are upsampled to the padded input size, cropped, resized to the original size and thresholded at
+0. The image encoder runs once per image; all prompts of one type go through the decoder as one point batch.
+"""
+
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import SamHQModel, SamModel
+
+from .image_processing_stable_sam import StableSamImageProcessor
+from .methods import METHODS, TRAINABLE_WEIGHTS_NAME, build_segmenter
+from .metrics import mask_iou, mask_to_boundary, stability
+from .modeling_stable_sam import StableSamModel
+from .prompts import masks_to_boxes, noisy_boxes, parse_prompt_type, sample_prompt
+
+
+# `sam` is a frozen SamModel; the others are the training methods of `methods.METHODS`
+EVALUATION_METHODS = ("sam", *METHODS)
+RUN_SUMMARY_NAME = "training_summary.json"
+# A checkpoint's config.json model_type -> method, for specs that name no method
+_METHOD_OF_MODEL_TYPE = {"sam": "sam", "stable_sam": "stable", "sam_hq": "hq"}
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# The COCO protocol's prompt: one noisy box per object, IoU in [0.5, 0.6) with the ground-truth box
+COCO_PROMPT_TYPE = "coco_noisy_box"
+
+
+def check_local_or_hub(path: str, name: str) -> None:
+    """Raises `FileNotFoundError` for a `path` that is neither an existing local path nor shaped like a Hub id."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"`{name}` must be a local path or a Hub id, got {path!r}.")
+    if Path(path).exists():
+        return
+    if path.startswith((".", "/", "~")) or not _HUB_ID_PATTERN.match(path):
+        raise FileNotFoundError(f"`{name}` {path!r} does not exist (and is not a Hub id).")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: `name=method:path`.
+
+    `path` is a SAM-like checkpoint (Hub id or folder) for `sam`, `stable` and `hq`, or a run folder written by
+    `training/train.py` (`trainable.safetensors` + `training_summary.json`) for any method; `base_model` is the frozen
+    SAM a run folder's trainable weights go on.
+    """
+
+    name: str
+    method: str
+    path: str
+    base_model: str | None = None
+    run_folder: bool = False
+
+    @property
+    def model_id(self) -> str:
+        base = f" on {self.base_model}" if self.run_folder and self.base_model else ""
+        return f"{self.method}:{self.path}{base}"
+
+
+def _read_run_summary(path: str) -> dict[str, Any] | None:
+    summary = Path(path) / RUN_SUMMARY_NAME
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text())
+
+
+def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
+    """
+    Parses `[NAME=][METHOD:]PATH`.
+
+    - `sam=sam:facebook/sam-vit-base`: the frozen SAM checkpoint itself.
+    - `stable=stable:runs/stable`, `hq=hq:syscv-community/sam-hq-vit-base`: a checkpoint or a run folder.
+    - `lora=lora:runs/lora`, `runs/adapter`: a run folder of `training/train.py`; its `training_summary.json` names the
+      method and the base SAM (`base_model` overrides the latter, e.g. when the run was trained elsewhere).
+    - Without METHOD, PATH is a run folder or a local checkpoint whose config names the model type. Without NAME,
+      the name is the method.
+
+    Args:
+        spec (`str`): the specification.
+        base_model (`str`, *optional*): base SAM checkpoint for run folders (overrides the run's own).
+
+    Returns:
+        `ModelSpec`.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"A model spec must be a non-empty string NAME=METHOD:PATH, got {spec!r}.")
+    name, rest = None, spec
+    if "=" in spec:
+        name, rest = spec.split("=", 1)
+        if not _NAME_PATTERN.match(name):
+            raise ValueError(f"Model name {name!r} in {spec!r} must use letters, digits and _ . + - only.")
+    method, path = None, rest
+    if ":" in rest and rest.split(":", 1)[0] in EVALUATION_METHODS:
+        method, path = rest.split(":", 1)
+    if not path:
+        raise ValueError(f"Model spec {spec!r} has no path: expected NAME=METHOD:PATH.")
+    check_local_or_hub(path, f"path of model spec {spec!r}")
+    summary = _read_run_summary(path)
+    run_folder = summary is not None
+    if run_folder:
+        if not (Path(path) / TRAINABLE_WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"Run folder {path} has {RUN_SUMMARY_NAME} but no {TRAINABLE_WEIGHTS_NAME}.")
+        if method is not None and method != summary["method"]:
+            raise ValueError(
+                f"Model spec {spec!r} says method {method!r} but {path} was trained as {summary['method']!r}."
+            )
+        method = summary["method"]
+        base_model = base_model or summary.get("base_model")
+    elif method is None:
+        config = Path(path) / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if model_type not in _METHOD_OF_MODEL_TYPE:
+            raise ValueError(
+                f"Model spec {spec!r} names no method and {path} is neither a run folder ({RUN_SUMMARY_NAME}) nor a "
+                f"local SAM, Stable-SAM or HQ-SAM checkpoint: write NAME=METHOD:PATH with METHOD in {EVALUATION_METHODS}."
+            )
+        method = _METHOD_OF_MODEL_TYPE[model_type]
+    elif method not in ("sam", "stable", "hq"):
+        raise ValueError(
+            f"Model spec {spec!r}: method {method!r} needs a run folder written by training/train.py "
+            f"({TRAINABLE_WEIGHTS_NAME} + {RUN_SUMMARY_NAME}), got {path}."
+        )
+    if run_folder and method != "stable" and not base_model:
+        raise ValueError(f"Model spec {spec!r}: the run folder names no base model; pass `base_model`.")
+    return ModelSpec(name=name or method, method=method, path=path, base_model=base_model, run_folder=run_folder)
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """The SAM-like model of `spec` (SamModel, StableSamModel, SamHQModel, or a SamModel with LoRA layers or
+    adapters), in eval mode with every parameter frozen."""
+    if spec.method == "sam":
+        model = SamModel.from_pretrained(spec.path)
+    elif spec.method == "stable" and (not spec.run_folder or (Path(spec.path) / "config.json").is_file()):
+        # Training saves the whole StableSamModel beside its trainable weights
+        model = StableSamModel.from_pretrained(spec.path)
+    elif spec.method == "hq" and not spec.run_folder:
+        model = SamHQModel.from_pretrained(spec.path)
+    else:
+        segmenter = build_segmenter(spec.method, spec.base_model)
+        segmenter.load_trainable(spec.path)
+        model = segmenter.sam
+    return model.requires_grad_(False).eval()
+
+
+# Prompts
+
+
+def prompt_generator(seed: int, dataset: str, object_id: str, prompt_type: str, draw: int) -> torch.Generator:
+    """The generator of draw `draw` of prompt type `prompt_type` for one object: the same for every model and run."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+    words = [seed, *(zlib.crc32(str(text).encode()) for text in (dataset, object_id, prompt_type)), draw]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def is_deterministic(prompt_type: str) -> bool:
+    """The ground-truth box is the same on every draw: one prediction stands for all K."""
+    return parse_prompt_type(prompt_type)[0] == "box"
+
+
+def draw_prompts(
+    mask: torch.Tensor,
+    prompt_type: str,
+    num_prompts: int,
+    *,
+    seed: int,
+    dataset: str,
+    object_id: str,
+    noise_scale: float = 0.4,
+) -> dict[str, torch.Tensor]:
+    """
+    The `num_prompts` seeded prompts of one object and prompt type, in the mask's pixel frame. Draw `k` comes from
+    `prompt_generator(seed, dataset, object_id, prompt_type, k)`, so it does not depend on `num_prompts`.
+
+    Args:
+        mask (`torch.Tensor` of shape `(height, width)`): the object's non-empty ground truth.
+        prompt_type (`str`): `"box"`, `"noisy_box"` or `"points_<k>"` (a box is drawn once, see `is_deterministic`).
+
+    Returns:
+        `dict` with `input_boxes` (`torch.Tensor` of shape `(num_prompts, 4)`), or `input_points` (`torch.Tensor` of
+        shape `(num_prompts, num_points, 2)`) and `input_labels` (`torch.Tensor` of shape `(num_prompts, num_points)`).
+    """
+    kind, _ = parse_prompt_type(prompt_type)
+    if kind == "coarse_mask":
+        raise ValueError("`prompt_type` coarse_mask is not an evaluation prompt type (one mask prompt per image).")
+    if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
+        raise ValueError(f"`num_prompts` must be a positive int, got {num_prompts!r}.")
+    if is_deterministic(prompt_type):
+        num_prompts = 1
+    draws = [
+        sample_prompt(
+            mask,
+            prompt_type,
+            prompt_generator(seed, dataset, object_id, prompt_type, draw),
+            noise_scale=noise_scale,
+        )
+        for draw in range(num_prompts)
+    ]
+    return {key: torch.cat([prompt[key] for prompt in draws]) for key in draws[0]}
+
+
+# Inference
+
+
+class ImageEncoding(NamedTuple):
+    """Encoder outputs of one image and the geometry needed to map prompts and masks."""
+
+    features: dict[str, Any]
+    original_size: tuple[int, int]
+    reshaped_size: tuple[int, int]
+
+
+class Prediction(NamedTuple):
+    """masks (`(num_prompts, height, width)`, bool, original resolution), iou_scores (`(num_prompts,)`),
+    routing_weights (`(num_prompts, 2)` for Stable-SAM, else None)."""
+
+    masks: torch.Tensor
+    iou_scores: torch.Tensor
+    routing_weights: torch.Tensor | None
+
+
+class SamPredictor:
+    """
+    SAM-style inference for one image and many prompts of one kind.
+
+    Args:
+        model (`nn.Module`): a `SamModel`, `StableSamModel`, `SamHQModel` or SAM with LoRA layers / adapters.
+        decoder_batch_size (`int`, *optional*, defaults to 20): prompts per decoder call.
+    """
+
+    def __init__(self, model: nn.Module, *, decoder_batch_size: int = 20):
+        if decoder_batch_size < 1:
+            raise ValueError(f"`decoder_batch_size` must be a positive int, got {decoder_batch_size}.")
+        self.model = model
+        self.decoder_batch_size = decoder_batch_size
+        self.image_size = model.config.vision_config.image_size
+        self.is_stable = isinstance(model, StableSamModel)
+        self.is_hq = isinstance(model, SamHQModel)
+        size = self.image_size
+        self.image_processor = StableSamImageProcessor(
+            size={"longest_edge": size}, pad_size={"height": size, "width": size}
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> ImageEncoding:
+        """Runs the image encoder on `image` (`torch.Tensor` of shape `(3, height, width)`, uint8)."""
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"`image` must be a uint8 tensor of shape (3, height, width), got {_describe(image)}.")
+        inputs = self.image_processor(
+            images=image.permute(1, 2, 0).numpy(), input_data_format="channels_last", return_tensors="pt"
+        )
+        pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
+        outputs = self.model.vision_encoder(pixel_values)
+        features = {"image_embeddings": outputs.last_hidden_state}
+        if self.is_hq:
+            features["intermediate_embeddings"] = outputs.intermediate_embeddings
+        original = tuple(int(v) for v in inputs["original_sizes"][0])
+        reshaped = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
+        return ImageEncoding(features, original, reshaped)
+
+    def to_model_frame(self, prompts: dict[str, torch.Tensor], encoding: ImageEncoding) -> dict[str, torch.Tensor]:
+        """Scales `input_boxes` / `input_points` from the original frame to the resized input, as `SamProcessor`."""
+        (old_h, old_w), (new_h, new_w) = encoding.original_size, encoding.reshaped_size
+        scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float64)
+        scaled = dict(prompts)
+        if "input_boxes" in prompts:
+            boxes = prompts["input_boxes"].double().reshape(-1, 2, 2) * scale  # N x 2 corners x (x, y)
+            scaled["input_boxes"] = boxes.reshape(-1, 4).float()
+        if "input_points" in prompts:
+            scaled["input_points"] = (prompts["input_points"].double() * scale).float()
+        return scaled
+
+    def postprocess(self, low_res: torch.Tensor, encoding: ImageEncoding, chunk_size: int = 4) -> torch.Tensor:
+        """
+        SAM's `post_process_masks`: low-res logits upsampled to the padded input size, cropped to the resized image,
+        resized to the original size, thresholded at 0.
+
+        Args:
+            low_res (`torch.Tensor` of shape `(num_masks, mask_size, mask_size)`): low-resolution mask logits.
+            encoding (`ImageEncoding`): the image's geometry.
+            chunk_size (`int`): masks upsampled at a time (bounds the memory on large images).
+
+        Returns:
+            `torch.Tensor` of shape `(num_masks, height, width)`, bool.
+        """
+        masks = []
+        for chunk in low_res.split(chunk_size):
+            logits = F.interpolate(
+                chunk[:, None].float(), (self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
+            logits = logits[..., : encoding.reshaped_size[0], : encoding.reshaped_size[1]]
+            logits = F.interpolate(logits, encoding.original_size, mode="bilinear", align_corners=False)
+            masks.append(logits[:, 0] > 0)
+        return torch.cat(masks)
+
+    @torch.no_grad()
+    def predict(
+        self, encoding: ImageEncoding, prompts: dict[str, torch.Tensor], routing_weight: float | None = None
+    ) -> Prediction:
+        """
+        Masks for `num_prompts` prompts of one kind on an encoded image, one prompt per mask.
+
+        Args:
+            encoding (`ImageEncoding`): from `encode`.
+            prompts (`dict`): `input_boxes` (`(num_prompts, 4)`) or `input_points` (`(num_prompts, num_points, 2)`)
+                and `input_labels` (`(num_prompts, num_points)`), in the original image's pixel frame.
+            routing_weight (`float`, *optional*): forced alpha_1 (Stable-SAM only).
+        """
+        if routing_weight is not None and not self.is_stable:
+            raise ValueError("`routing_weight` can only be forced on a Stable-SAM model.")
+        prompts = self.to_model_frame(prompts, encoding)
+        num_prompts = next(iter(prompts.values())).shape[0]
+        extra = {"multimask_output": False}
+        if self.is_hq:
+            extra["hq_token_only"] = True
+        if routing_weight is not None:
+            extra["routing_weight"] = float(routing_weight)
+        masks, scores, routing = [], [], []
+        for start in range(0, num_prompts, self.decoder_batch_size):
+            chunk = {key: value[None, start : start + self.decoder_batch_size] for key, value in prompts.items()}
+            chunk = {key: value.to(self.device) for key, value in chunk.items()}  # 1 x K x ...
+            outputs = self.model(**encoding.features, **chunk, **extra)
+            masks.append(self.postprocess(outputs.pred_masks[0, :, 0], encoding))
+            scores.append(outputs.iou_scores[0, :, 0].float().cpu())
+            if self.is_stable:
+                routing.append(outputs.routing_weights[0].float().cpu())
+        return Prediction(torch.cat(masks), torch.cat(scores), torch.cat(routing) if routing else None)
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+# Scores
+
+
+class ObjectScores(NamedTuple):
+    """Per-prompt IoU and boundary IoU of one object (lists of floats), and its stability (None for one prompt)."""
+
+    iou: list[float]
+    boundary_iou: list[float]
+    stability: float | None
+
+
+def score_object(
+    masks: torch.Tensor, gt: torch.Tensor, *, dilation_ratio: float = 0.02, chunk_size: int = 4
+) -> ObjectScores:
+    """
+    Mask IoU, boundary IoU and stability of the predictions for one object.
+
+    Args:
+        masks (`torch.Tensor` of shape `(num_prompts, height, width)`): predicted masks, bool, at the ground truth's
+            resolution.
+        gt (`torch.Tensor` of shape `(height, width)`): the ground truth, bool.
+        dilation_ratio (`float`): boundary band width as a fraction of the image diagonal.
+        chunk_size (`int`): predictions per boundary computation (bounds the memory on large images).
+
+    Returns:
+        `ObjectScores`.
+    """
+    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or masks.ndim != 3:
+        raise ValueError(
+            f"`masks` must be a bool tensor of shape (num_prompts, height, width), got {_describe(masks)}."
+        )
+    if not isinstance(gt, torch.Tensor) or gt.dtype != torch.bool or gt.ndim != 2:
+        raise ValueError(f"`gt` must be a bool tensor of shape (height, width), got {_describe(gt)}.")
+    if masks.shape[-2:] != gt.shape:
+        raise ValueError(
+            f"Predicted `masks` are {tuple(masks.shape[-2:])} but the ground truth `gt` is {tuple(gt.shape)}: "
+            "predictions must be resized to the ground truth's resolution."
+        )
+    gt = gt.to(masks.device)
+    gt_boundary = mask_to_boundary(gt, dilation_ratio)
+    iou, boundary = [], []
+    for start in range(0, masks.shape[0], chunk_size):
+        chunk = masks[start : start + chunk_size]
+        iou.append(mask_iou(chunk, gt.expand_as(chunk)))
+        pred_boundary = mask_to_boundary(chunk, dilation_ratio)
+        boundary.append(mask_iou(pred_boundary, gt_boundary.expand_as(chunk)))
+    st = float(stability(masks)) if masks.shape[0] > 1 else None
+    return ObjectScores(torch.cat(iou).tolist(), torch.cat(boundary).tolist(), st)
+
+
+# COCO
+
+
+class CocoObject(NamedTuple):
+    """One non-crowd COCO annotation with its decoded mask (`(height, width)`, bool)."""
+
+    annotation_id: int
+    image_id: int
+    category_id: int
+    mask: torch.Tensor
+
+
+def coco_objects(coco, image_id: int) -> tuple[list[CocoObject], int]:
+    """The non-crowd objects of one image and how many of them have an empty mask (those are left out).
+
+    Args:
+        coco (`pycocotools.coco.COCO`): the ground truth.
+        image_id (`int`): a COCO image id.
+    """
+    objects, empty = [], 0
+    for annotation in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False)):
+        mask = torch.from_numpy(coco.annToMask(annotation).astype(bool))
+        if not mask.any():
+            empty += 1
+            continue
+        objects.append(CocoObject(int(annotation["id"]), int(image_id), int(annotation["category_id"]), mask))
+    return objects, empty
+
+
+def coco_prompt_boxes(
+    objects: list[CocoObject], *, seed: int, noise_scale: float = 0.4, min_iou: float = 0.5, max_iou: float = 0.6
+) -> tuple[torch.Tensor, int]:
+    """
+    One noisy box per object with IoU in `[min_iou, max_iou)` to the object's tight box, seeded per annotation.
+
+    A box with zero width or height (a one-pixel line) or one for which no box in the band is found keeps the exact box.
+
+    Returns:
+        boxes (`torch.Tensor` of shape `(num_objects, 4)`) and the number of objects that kept their exact box.
+    """
+    boxes, exact = [], 0
+    for obj in objects:
+        box = masks_to_boxes(obj.mask[None])
+        generator = prompt_generator(seed, "COCO", str(obj.annotation_id), COCO_PROMPT_TYPE, 0)
+        try:
+            box = noisy_boxes(
+                box, tuple(obj.mask.shape), noise_scale, min_iou=min_iou, max_iou=max_iou, generator=generator
+            )
+        except ValueError:
+            exact += 1
+        boxes.append(box)
+    return (torch.cat(boxes) if boxes else torch.zeros(0, 4)), exact
+
+
+def encode_rle(mask: torch.Tensor) -> dict[str, Any]:
+    """COCO RLE (`{"size", "counts"}`, counts as str) of a `(height, width)` bool mask."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def coco_detections(objects: list[CocoObject], masks: torch.Tensor, scores: torch.Tensor) -> list[dict[str, Any]]:
+    """
+    COCO results (one per object, its category, RLE and score) from masks predicted for `objects`.
+
+    Args:
+        objects (`list[CocoObject]`): the objects the masks were predicted for, in order.
+        masks (`torch.Tensor` of shape `(num_objects, height, width)`): bool, at the image's resolution.
+        scores (`torch.Tensor` of shape `(num_objects,)`): confidence, e.g. the predicted IoU.
+    """
+    if masks.shape[0] != len(objects) or scores.shape != (len(objects),):
+        raise ValueError(
+            f"`masks` {tuple(masks.shape)} and `scores` {tuple(scores.shape)} must hold one entry per object "
+            f"({len(objects)})."
+        )
+    detections = []
+    for obj, mask, score in zip(objects, masks, scores.tolist()):
+        if mask.shape != obj.mask.shape:
+            raise ValueError(
+                f"The mask predicted for annotation {obj.annotation_id} is {tuple(mask.shape)} but its ground truth is "
+                f"{tuple(obj.mask.shape)}."
+            )
+        detections.append(
+            {
+                "image_id": obj.image_id,
+                "category_id": obj.category_id,
+                "segmentation": encode_rle(mask),
+                "score": float(score),
+            }
+        )
+    return detections
+
+
+def coco_mask_ap(coco, detections: list[dict[str, Any]], image_ids: list[int]) -> tuple[float, float]:
+    """Mask mAP (IoU 0.50:0.95) and mAP50 of `detections` on `image_ids`, with pycocotools; NaN without detections."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    if not detections:
+        return math.nan, math.nan
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = coco.loadRes([dict(detection) for detection in detections])
+        evaluator = COCOeval(coco, results, iouType="segm")
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0]), float(evaluator.stats[1])
+
+
+__all__ = [
+    "COCO_PROMPT_TYPE",
+    "EVALUATION_METHODS",
+    "CocoObject",
+    "ImageEncoding",
+    "ModelSpec",
+    "ObjectScores",
+    "Prediction",
+    "SamPredictor",
+    "check_local_or_hub",
+    "coco_detections",
+    "coco_mask_ap",
+    "coco_objects",
+    "coco_prompt_boxes",
+    "draw_prompts",
+    "encode_rle",
+    "is_deterministic",
+    "load_model",
+    "parse_model_spec",
+    "prompt_generator",
+    "score_object",
+]
