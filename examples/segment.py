@@ -26,7 +26,7 @@ import torch
 from PIL import ImageDraw, ImageFilter, ImageFont
 
 from stable_sam_hf import StableSamImageProcessor, StableSamModel, StableSamProcessor
-from stable_sam_hf.image_processing_stable_sam import to_uint8_by_range
+from stable_sam_hf.image_processing_stable_sam import HIGH_BIT_DEPTH_MODES, to_uint8_by_range
 
 
 MASK_COLOR = (30, 144, 255)
@@ -37,9 +37,6 @@ REFERENCE_BOX_COLOR = (255, 255, 255)
 MASK_OPACITY = 0.45
 
 # PIL modes whose values go past 255: scaled by their range, as StableSamImageProcessor does
-_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
 # Loading
 
 
@@ -58,7 +55,7 @@ def load_image(path: str | Path) -> PIL.Image.Image:
     except (PIL.UnidentifiedImageError, OSError) as error:
         raise ValueError(f"IMAGE {str(path)!r} is not an image that PIL can read ({error}).") from None
     image = PIL.ImageOps.exif_transpose(image)
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
+    if image.mode in HIGH_BIT_DEPTH_MODES:
         image = PIL.Image.fromarray(to_uint8_by_range(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels shown on white, as an image viewer does

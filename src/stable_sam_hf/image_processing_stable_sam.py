@@ -10,7 +10,7 @@ from transformers import SamImageProcessorPil
 
 
 # PIL modes with more than 8 bits per pixel, which PIL's own convert("RGB") clips at 255
-_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -146,7 +146,7 @@ class StableSamImageProcessor(SamImageProcessorPil):
     def process_image(self, image, do_convert_rgb: bool | None = None, input_data_format=None, **kwargs) -> np.ndarray:
         if isinstance(image, PIL.Image.Image):
             image = PIL.ImageOps.exif_transpose(image)
-            if do_convert_rgb and image.mode in _HIGH_BIT_DEPTH_MODES:
+            if do_convert_rgb and image.mode in HIGH_BIT_DEPTH_MODES:
                 image = PIL.Image.fromarray(to_uint8_by_range(np.asarray(image)))
         elif do_convert_rgb and (converted := _wide_integer_to_uint8(image)) is not None:
             image = converted
