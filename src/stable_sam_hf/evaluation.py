@@ -144,7 +144,7 @@ def load_model(spec: ModelSpec) -> nn.Module:
     if spec.method == "sam":
         model = SamModel.from_pretrained(spec.path)
     elif spec.method == "stable" and (not spec.run_folder or (Path(spec.path) / "config.json").is_file()):
-        # Training saves the whole StableSamModel beside its trainable weights
+        # A checkpoint, or a training run folder: train.py saves a Stable-SAM adapter there that names its base SAM
         model = StableSamModel.from_pretrained(spec.path)
     elif spec.method == "hq" and not spec.run_folder:
         model = SamHQModel.from_pretrained(spec.path)
