@@ -221,6 +221,17 @@ class TestStableSamModel:
             else:
                 assert not param.requires_grad and param.grad is None, name
 
+    def test_bf16_autocast_trains_fp32_plugins(self, tester, inputs):
+        model = perturb_plugins_(StableSamModel(tester.get_config())).freeze_base_model()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+        outputs.pred_masks.float().sigmoid().mean().backward()
+        for _, param in model.plugin_named_parameters():
+            assert param.dtype == torch.float32 and param.grad is not None and param.grad.abs().sum() > 0
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            inference = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+        torch.testing.assert_close(inference.pred_masks, outputs.pred_masks.detach(), atol=0, rtol=0)
+
     def test_plugin_layers_ablation(self, tester, inputs):
         model = StableSamModel(tester.get_config(plugin_layers=[0, 1])).eval()
         layers = model.mask_decoder.transformer.layers

@@ -181,13 +181,15 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
             keys.requires_grad or alpha_1.requires_grad or self.dsp.proj.weight.requires_grad
         ):
             sampled, offsets = self.dsp(keys, height, width)
-            return torch.lerp(keys, sampled, alpha_1), offsets
+            return torch.lerp(keys, sampled.to(keys.dtype), alpha_1.to(keys.dtype)), offsets
+        # Under autocast the sampled features and routing weights may come in another dtype than the keys
+        alpha_1 = alpha_1.to(keys.dtype)
         mixed = torch.empty_like(keys)
         offsets = []
         for start in range(0, keys.shape[0], DSP_INFERENCE_CHUNK):
             chunk = slice(start, start + DSP_INFERENCE_CHUNK)
             sampled, chunk_offsets = self.dsp(keys[chunk], height, width)
-            torch.lerp(keys[chunk], sampled, alpha_1[chunk], out=mixed[chunk])
+            torch.lerp(keys[chunk], sampled.to(keys.dtype), alpha_1[chunk], out=mixed[chunk])
             offsets.append(chunk_offsets)
         return mixed, torch.cat(offsets)
 
