@@ -550,3 +550,35 @@ def test_bad_arguments_raise_clear_errors(hqseg):
         train_stream(path).resume_from(-1)
     with pytest.raises(ValueError, match="multiple of `batch_size`"):
         train_stream(path).resume_from(5, batch_size=2)
+
+
+def test_masks_thinner_than_two_pixels_are_not_promptable():
+    from stable_sam_hf.data import spans_two_pixels
+
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    assert not spans_two_pixels(mask)
+    mask[3:10, 5] = True  # one column wide: its box would have x1 == x0
+    assert not spans_two_pixels(mask)
+    mask[3:10, 6] = True
+    assert spans_two_pixels(mask)
+
+
+def test_occluder_leaving_a_one_pixel_sliver_is_dropped():
+    from stable_sam_hf.data import spans_two_pixels
+
+    image = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[4:12, 4:8] = True
+    occluder = torch.zeros(16, 16, dtype=torch.bool)
+    occluder[:, 4:7] = True  # full height, 3 columns: shifted by dx it hides target columns 4+dx..6+dx
+    occluder_image = torch.full((3, 16, 16), 255, dtype=torch.uint8)
+    outcomes = set()
+    for seed in range(40):
+        _, result_mask, shift = paste_occluder(
+            image, mask, occluder_image, occluder, torch.Generator().manual_seed(seed), min_visible_fraction=0.0
+        )
+        outcomes.add(shift is None)
+        if shift is not None:
+            # dx = 0 or 1 would leave a single visible column
+            assert shift[1] in (-1, 2) and spans_two_pixels(result_mask)
+    assert outcomes == {True, False}

@@ -428,6 +428,15 @@ def _shift(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
+def spans_two_pixels(mask: torch.Tensor) -> bool:
+    """Whether the mask's box is at least 2 pixels wide and high: thinner objects have no usable box prompt."""
+    rows, cols = mask.any(dim=1), mask.any(dim=0)
+    if not rows.any():
+        return False
+    row_index, col_index = rows.nonzero(), cols.nonzero()
+    return bool(row_index[-1] > row_index[0]) and bool(col_index[-1] > col_index[0])
+
+
 def paste_occluder(
     image: torch.Tensor,
     mask: torch.Tensor,
@@ -447,7 +456,7 @@ def paste_occluder(
         occluder_mask (`torch.Tensor` of shape `(height, width)`, bool): the occluder object, non-empty.
         generator (`torch.Generator`): draws the point of the target box the occluder's centre goes to.
         min_visible_fraction (`float`): below this visible fraction of its area the target counts as fully
-            occluded, and the occluder is dropped.
+            occluded, and the occluder is dropped (also when the visible part is less than 2 pixels wide or high).
 
     Returns:
         `(image, mask, shift)`: the occluded image and mask and the `(dy, dx)` translation applied to the occluder, or
@@ -467,7 +476,7 @@ def paste_occluder(
     occluder = _shift(occluder_mask, dy, dx)
     occluded_mask = mask & ~occluder
     visible = int(occluded_mask.sum())
-    if visible == 0 or visible < min_visible_fraction * int(mask.sum()):
+    if visible == 0 or visible < min_visible_fraction * int(mask.sum()) or not spans_two_pixels(occluded_mask):
         return image, mask, None
     occluded_image = torch.where(occluder[None], _shift(occluder_image, dy, dx), image)
     return occluded_image, occluded_mask, (dy, dx)
@@ -748,10 +757,13 @@ class SegmentationTrainStream(torch.utils.data.IterableDataset):
                 flip_prob=self.flip_prob,
             )
             jittered_mask = jitter_mask(mask, params, output_size=self.output_size)
-            if jittered_mask.any():
+            if spans_two_pixels(jittered_mask):
                 jittered_image = jitter_image(image, params, output_size=self.output_size) if with_image else None
                 return jittered_image, jittered_mask
-        raise BadSampleError("empty_after_jitter", f"the object was cropped out {self.max_jitter_tries} times")
+        raise BadSampleError(
+            "empty_after_jitter",
+            f"the object was cropped out or shrunk below 2 pixels {self.max_jitter_tries} times",
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = torch.utils.data.get_worker_info()
