@@ -103,7 +103,9 @@ def measure_times(setting: str, batch_size: int, iterations: int, workdir: Path)
         optimizer.zero_grad()
         step.append(time.perf_counter() - start)
     # The first iteration warms kernels and the stream up
-    return {name: statistics.median(values[1:]) for name, values in (("load", load), ("encoder", encoder), ("step", step))}
+    return {
+        name: statistics.median(values[1:]) for name, values in (("load", load), ("encoder", encoder), ("step", step))
+    }
 
 
 def memory_child(setting: str, batch_size: int, mode: str, workdir: Path) -> None:
@@ -165,7 +167,9 @@ def main():
             training = measure_memory(setting, args.batch_size, "training", workdir)
             rows.append((setting, times, inference, training))
             print(setting, times, inference, training)
-    print("\n| setting | encoder forward | training step | step / encoder | peak memory train / inference (added MB) | data loading / step |")
+    print(
+        "\n| setting | encoder forward | training step | step / encoder | peak memory train / inference (added MB) | data loading / step |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for setting, times, inference, training in rows:
         print(

@@ -1,79 +1,222 @@
-"""Offline quickstart: load a SAM checkpoint into StableSamModel and check what the plugins do.
+"""The offline demo: train Stable-SAM's plugins and the baselines on a frozen toy SAM, evaluate them under poor prompts.
 
-    python examples/quickstart.py                                  # a small SAM built here, no download
-    python examples/quickstart.py --base_model facebook/sam-vit-base  # a real SAM, where the Hub is reachable
+    python examples/quickstart.py                      # offline, the toy SAM shipped in models/toy-sam-128
+    python examples/quickstart.py --base_model facebook/sam-vit-base --dataset data/hqseg44k --output_size 1024 \\
+        --max_train_steps 1385 --total_batch_size 32  # the real recipe, where the Hub and a GPU are available
 
-It loads the base SAM into `StableSamModel`, checks that the untrained plugins reproduce SAM exactly, prompts it
-with a box and a noisy version of that box, and prints the DRP routing weights and the plugin parameter count.
+Steps, each through the project's own scripts so the demo exercises the real paths:
+1. data: synthetic scenes (`stable_sam_hf.synthetic`) written in HQSeg-44K's folder layout and turned into a streamed
+   parquet dataset by `training/prepare_hqseg44k.py` (skipped when `--dataset` is given). Training scenes go where
+   DIS5K-TR would be; held-out scenes of the training domain where DIS5K-VD would be; a shifted domain (shapes,
+   colours and textures never seen in training) where COIFT would be;
+2. training: `accelerate launch training/train.py` once per method, with the same data, prompts, loss and steps;
+3. evaluation: `training/evaluate_model.py` under GT box, noisy box, 1 point and 3 points, seeded prompts shared by
+   every model; then the table, the plots and a side-by-side figure of SAM and Stable-SAM on noisy boxes.
 """
 
-import argparse
+import csv
 import logging
-import tempfile
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import SamConfig, SamModel
+from transformers import HfArgumentParser
 
-from stable_sam_hf import StableSamModel
 
+ROOT = Path(__file__).resolve().parents[1]
+TOY_BASE = ROOT / "models" / "toy-sam-128"
+# Where the synthetic splits stand in the HQSeg-44K layout, and the names the demo table gives them
+SYNTHETIC_SUBSETS = {
+    "train": ("DIS5K/DIS-TR/im", "DIS5K/DIS-TR/gt"),
+    "held-out": ("DIS5K/DIS-VD/im", "DIS5K/DIS-VD/gt"),
+    "shifted": ("thin_object_detection/COIFT/images", "thin_object_detection/COIFT/masks"),
+}
+DATASET_LABELS = {"DIS5K-VD": "held-out scenes", "COIFT": "shifted domain"}
+METHOD_LEARNING_RATES = {"stable": 1e-3, "lora": 1e-3, "adapter": 1e-3, "decoder": 1e-4, "hq": 1e-3}
 
 logger = logging.getLogger("quickstart")
 
 
-def build_offline_base(folder: Path) -> Path:
-    """A small randomly initialised SAM (ViT 64 wide, SAM's 256-wide decoder), saved like any SAM checkpoint."""
-    config = SamConfig(
-        vision_config={
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 256,
-            "patch_size": 16,
-            "global_attn_indexes": [1],
-            "window_size": 4,
-            "initializer_range": 0.02,
-        },
-        prompt_encoder_config={"image_size": 256, "patch_size": 16},
+@dataclass
+class QuickstartArguments:
+    output_dir: str = field(default="outputs/quickstart", metadata={"help": "Where data, runs and results go."})
+    base_model: str = field(default=str(TOY_BASE), metadata={"help": "Frozen SAM checkpoint (folder or Hub id)."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Prepared dataset (folder or Hub id); default: synthetic scenes made here."}
     )
-    torch.manual_seed(0)
-    SamModel(config).save_pretrained(folder)
-    return folder
+    methods: list[str] = field(
+        default_factory=lambda: ["stable", "lora", "adapter", "decoder"],
+        metadata={"help": "Methods to train (stable, lora, adapter, decoder, hq), same budget each."},
+    )
+    output_size: int = field(default=128, metadata={"help": "Model input size (the toy SAM's is 128)."})
+    max_train_steps: int = field(default=150, metadata={"help": "Optimizer steps per method."})
+    total_batch_size: int = field(default=16, metadata={"help": "Objects per optimizer step."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Objects per forward."})
+    num_train_scenes: int = field(default=600, metadata={"help": "Synthetic training scenes (several objects each)."})
+    num_eval_scenes: int = field(default=24, metadata={"help": "Synthetic held-out scenes per domain."})
+    max_objects_per_dataset: int = field(default=60, metadata={"help": "Objects evaluated per dataset."})
+    prompt_types: list[str] = field(
+        default_factory=lambda: ["box", "noisy_box", "points_1", "points_3"],
+        metadata={"help": "Evaluation prompt types."},
+    )
+    num_prompts: int = field(default=5, metadata={"help": "Seeded prompts per object and prompt type (K)."})
+    seed: int = field(default=0, metadata={"help": "Seed of scenes, training and prompts."})
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base_model", default=None, help="SAM checkpoint (Hub id or folder); default: built here.")
-    parser.add_argument("--save_base", default=None, help="Also save the small offline SAM to this folder, then stop.")
-    args = parser.parse_args()
-    if args.save_base:
-        build_offline_base(Path(args.save_base))
-        print(f"Saved a small SAM (256x256 input, random weights) to {args.save_base}")
-        return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run(command: list[str], log: Path) -> None:
+    """Runs one step of the demo, its output in `log`; a failure stops the demo with the log's tail."""
+    start = time.perf_counter()
+    with log.open("w") as stream:
+        result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+    if result.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); end of {log}:\n{tail}")
+    logger.info("  done in %.0f s (log: %s)", time.perf_counter() - start, log)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        base = args.base_model or build_offline_base(Path(tmp) / "sam")
-        sam = SamModel.from_pretrained(base).eval()
-        model = StableSamModel.from_pretrained(base).eval()
-    image_size = model.config.vision_config.image_size
 
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(1, 3, image_size, image_size, generator=generator)
-    box = torch.tensor([[0.25, 0.25, 0.70, 0.75]]) * image_size
-    noisy_box = box + torch.tensor([[0.08, -0.05, 0.12, 0.06]]) * image_size
-    boxes = torch.stack([box, noisy_box], dim=1).reshape(1, 2, 4)
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
-    with torch.no_grad():
-        expected = sam(pixel_values=pixel_values, input_boxes=boxes, multimask_output=False)
-        outputs = model(pixel_values=pixel_values, input_boxes=boxes, multimask_output=False)
-    difference = (outputs.pred_masks - expected.pred_masks).abs().max().item()
-    model.freeze_base_model()
-    logger.info("base model: %s", args.base_model or "small SAM built offline (random weights)")
-    logger.info("trainable plugin parameters: %d", model.num_parameters(only_trainable=True))
-    logger.info("untrained Stable-SAM vs SAM, largest mask-logit difference: %.2e", difference)
-    for name, weights in zip(("GT box", "noisy box"), outputs.routing_weights[0]):
-        logger.info("%-9s alpha_1 = %.3f, alpha_2 = %.3f", name, weights[0].item(), weights[1].item())
+
+def make_synthetic_dataset(args: QuickstartArguments, output_dir: Path) -> Path:
+    from stable_sam_hf.synthetic import write_scene_tree
+
+    raw = output_dir / "scenes"
+    shutil.rmtree(raw, ignore_errors=True)
+    # Scenes the toy base never saw: its training used scene indices below 10,000
+    plan = {
+        "train": ("train", 10_000, args.num_train_scenes),
+        "held-out": ("train", 20_000, args.num_eval_scenes),
+        "shifted": ("shifted", 20_000, args.num_eval_scenes),
+    }
+    for split, (domain, start, count) in plan.items():
+        image_dir, mask_dir = SYNTHETIC_SUBSETS[split]
+        common = os.path.commonpath([image_dir, mask_dir])
+        write_scene_tree(
+            raw,
+            count,
+            size=args.output_size,
+            domain=domain,
+            seed=args.seed,
+            start=start,
+            dataset_name=common,
+            image_dir=os.path.relpath(image_dir, common),
+            mask_dir=os.path.relpath(mask_dir, common),
+        )
+    dataset = output_dir / "data"
+    logger.info("Preparing the synthetic dataset in HQSeg-44K's layout")
+    run(
+        [sys.executable, "training/prepare_hqseg44k.py", "--source", str(raw), "--output_dir", str(dataset)]
+        + ["--overwrite_output_dir", "--row_group_size", "64"],
+        output_dir / "prepare.log",
+    )
+    return dataset
+
+
+def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Path) -> Path:
+    run_dir = output_dir / "runs" / method
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    logger.info("Training `%s` for %d steps", method, args.max_train_steps)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "training/train.py"]
+    command += ["--method", method, "--base_model", args.base_model, "--dataset", str(dataset)]
+    command += ["--output_dir", str(run_dir), "--output_size", str(args.output_size)]
+    command += ["--max_train_steps", str(args.max_train_steps), "--total_batch_size", str(args.total_batch_size)]
+    command += ["--per_device_train_batch_size", str(args.per_device_train_batch_size)]
+    command += ["--learning_rate", str(METHOD_LEARNING_RATES[method]), "--seed", str(args.seed)]
+    command += ["--report_to", "none", "--checkpointing_steps", "0", "--logging_steps", "25"]
+    run(command, run_dir / "train.log")
+    return run_dir
+
+
+def evaluate(args: QuickstartArguments, runs: dict[str, Path], dataset: Path, output_dir: Path) -> Path:
+    eval_dir = output_dir / "eval"
+    models = [f"base=sam:{args.base_model}"] + [f"{method}={path}" for method, path in runs.items()]
+    logger.info("Evaluating %s", ", ".join(model.split("=")[0] for model in models))
+    command = [sys.executable, "training/evaluate_model.py", "--dataset", str(dataset), "--output_dir", str(eval_dir)]
+    command += ["--models", *models, "--prompt_types", *args.prompt_types, "--num_prompts", str(args.num_prompts)]
+    command += ["--seed", str(args.seed), "--max_objects_per_dataset", str(args.max_objects_per_dataset)]
+    if "stable" in runs:
+        command += ["--routing_weight", "0", "0.5", "1"]
+    run(command, output_dir / "evaluate.log")
+    return eval_dir
+
+
+def side_by_side(args: QuickstartArguments, stable_run: Path, output_dir: Path) -> Path:
+    """SAM (alpha_1 = 0) and Stable-SAM on the same noisy boxes around one held-out object."""
+    from PIL import Image
+
+    from stable_sam_hf.prompts import masks_to_boxes
+    from stable_sam_hf.synthetic import generate_scene
+
+    image, masks = generate_scene(20_000, size=args.output_size, domain="train", seed=args.seed)
+    largest = int(masks.reshape(len(masks), -1).sum(1).argmax())
+    box = masks_to_boxes(masks[largest : largest + 1])[0].tolist()
+    image_path = output_dir / "held_out_scene.png"
+    Image.fromarray(image).save(image_path)
+    figure = output_dir / "compare_with_sam.png"
+    command = [sys.executable, "examples/compare_with_sam.py", str(image_path), "--box", *[f"{v:g}" for v in box]]
+    command += ["--model", str(stable_run), "--out", str(figure), "--num_prompts", "4", "--seed", str(args.seed)]
+    logger.info("Drawing SAM and Stable-SAM side by side on noisy boxes")
+    run(command, output_dir / "compare.log")
+    return figure
+
+
+def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
+    """mIoU per model and prompt type, one block per dataset, with alpha_1 and the trainable parameter count."""
+    with (eval_dir / "results.csv").open() as stream:
+        rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
+    prompt_types = list(dict.fromkeys(row["prompt_type"] for row in rows))
+    lines = []
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        label = DATASET_LABELS.get(dataset, dataset)
+        lines += [f"\n{label} (mIoU %; alpha_1 for Stable-SAM)", ""]
+        lines += [
+            "| model | trainable | " + " | ".join(prompt_types) + " |",
+            "|---|---:|" + "---:|" * len(prompt_types),
+        ]
+        for model in dict.fromkeys(row["model"] for row in rows):
+            cells = []
+            for prompt_type in prompt_types:
+                row = next(
+                    r for r in rows if (r["model"], r["dataset"], r["prompt_type"]) == (model, dataset, prompt_type)
+                )
+                cell = f"{float(row['mIoU']):.1f}"
+                if row["alpha_1"] not in ("", "None"):
+                    cell += f" (a1 {float(row['alpha_1']):.2f})"
+                cells.append(cell)
+            count = f"{trainable[model]:,}" if model in trainable else "0 (frozen)"
+            lines.append(f"| {model} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    (args,) = HfArgumentParser(QuickstartArguments, description=__doc__).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    dataset = Path(args.dataset) if args.dataset else make_synthetic_dataset(args, output_dir)
+    runs = {method: train(args, method, dataset, output_dir) for method in args.methods}
+    trainable = {}
+    for method, run_dir in runs.items():
+        log = (run_dir / "train.log").read_text()
+        trainable[method] = int(log.split("trainable parameters=")[1].split()[0].replace(",", ""))
+    eval_dir = evaluate(args, runs, dataset, output_dir)
+
+    figure = side_by_side(args, runs["stable"], output_dir) if "stable" in runs else None
+    table = summary_table(eval_dir, trainable)
+    (output_dir / "summary.md").write_text(table + "\n")
+    print(table)
+    print(f"\nFull results: {eval_dir / 'results.md'}; plots: {sorted(p.name for p in eval_dir.glob('*.png'))}")
+    if figure is not None:
+        print(f"Side by side on noisy boxes: {figure}")
+    print(f"Base: {args.base_model}; prompt seed {args.seed}; {time.perf_counter() - start:.0f} s in all.")
 
 
 if __name__ == "__main__":

@@ -224,9 +224,7 @@ def _freeze_all_but(model: nn.Module, keep) -> None:
         param.requires_grad_(keep(name))
 
 
-def build_segmenter(
-    method: str, base_model_name_or_path: str | Path, **from_pretrained_kwargs
-) -> PromptedSegmenter:
+def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pretrained_kwargs) -> PromptedSegmenter:
     """Loads the base SAM checkpoint for `method` and leaves exactly that method's parameters trainable."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")

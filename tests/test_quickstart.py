@@ -1,0 +1,58 @@
+"""The offline demo on a reduced budget, on the toy SAM shipped in models/toy-sam-128."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_BASE = ROOT / "models" / "toy-sam-128"
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import quickstart
+
+    output_dir = tmp_path_factory.mktemp("quickstart")
+    quickstart.main(
+        [
+            "--output_dir",
+            str(output_dir),
+            "--methods",
+            "stable",
+            "--num_train_scenes",
+            "80",
+            "--num_eval_scenes",
+            "8",
+            "--max_train_steps",
+            "40",
+            "--num_prompts",
+            "3",
+            "--max_objects_per_dataset",
+            "30",
+        ]
+    )
+    return output_dir
+
+
+def test_toy_base_is_shipped_with_its_card():
+    assert (TOY_BASE / "config.json").is_file() and (TOY_BASE / "model.safetensors").is_file()
+    assert (TOY_BASE / "model.safetensors").stat().st_size < 10 * 2**20
+    assert "not SAM" in (TOY_BASE / "README.md").read_text()
+
+
+def test_quickstart_reports_every_cell(quickstart_run):
+    with (quickstart_run / "eval" / "results.csv").open() as stream:
+        rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
+    cells = {(row["model"], row["dataset"], row["prompt_type"]) for row in rows}
+    for model in ("base", "stable"):
+        for dataset in ("DIS5K-VD", "COIFT"):
+            for prompt_type in ("box", "noisy_box", "points_1", "points_3"):
+                assert (model, dataset, prompt_type) in cells
+    assert "held-out scenes" in (quickstart_run / "summary.md").read_text()
+    with Image.open(quickstart_run / "compare_with_sam.png") as figure:
+        assert figure.width > 200 and figure.height > 200
