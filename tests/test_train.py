@@ -116,6 +116,26 @@ def test_every_method_trains_its_own_parameters(workspace, tmp_path, method):
         assert any("hq_token" in name for name in new)
 
 
+def test_projection_lr_scale_slows_only_the_dsp_projection(workspace, tmp_path):
+    _run(
+        _train_args(
+            workspace, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "0", "--projection_lr_scale", "1e-9"
+        )
+    )
+    trained = load_file(str(tmp_path / TRAINABLE_WEIGHTS_NAME))
+    fresh = StableSamModel.from_pretrained(workspace / "sam").state_dict()
+    change = {name: (tensor - fresh[name]).abs().max().item() for name, tensor in trained.items()}
+    projection = [name for name in change if ".dsp.proj." in name]
+    assert projection and all(change[name] < 1e-7 for name in projection)
+    assert max(change[name] for name in change if name not in projection) > 1e-4
+
+
+def test_projection_lr_scale_must_be_positive(workspace, tmp_path):
+    command = [sys.executable, str(TRAIN), *_train_args(workspace, tmp_path, "--projection_lr_scale", "0")]
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert result.returncode != 0 and "`projection_lr_scale` must be > 0" in result.stderr
+
+
 def test_resume_after_kill_matches_uninterrupted_run(workspace, tmp_path):
     steps = ["--max_train_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "5"]
     _run(_train_args(workspace, tmp_path / "straight", *steps))

@@ -219,6 +219,40 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return bce + dice.mean()
 
 
+# The DSP projection starts as the identity; see `optimizer_parameter_groups`
+DSP_PROJECTION_PATTERN = ".dsp.proj."
+
+
+def optimizer_parameter_groups(
+    model: nn.Module, learning_rate: float, projection_lr_scale: float = 1.0
+) -> list[dict]:
+    """The trainable parameters of `model` as optimizer groups; the DSP projection gets its own learning rate.
+
+    Adam moves every parameter by about the learning rate per step whatever its gradient's size, so at Stable-SAM's
+    1e-3 the 256 x 256 identity projection of the DSP drifts far from the identity within a few hundred steps. A
+    smaller rate for it alone is a recipe option (`--projection_lr_scale` of `training/train.py`); see the README's
+    "The offline demo" for what it changes on the toy base.
+
+    Args:
+        model (`nn.Module`): the model (or `PromptedSegmenter`) whose `requires_grad` parameters train.
+        learning_rate (`float`): the learning rate of every other parameter.
+        projection_lr_scale (`float`, *optional*, defaults to 1.0): multiplier of the DSP projection's rate.
+
+    Returns:
+        `list[dict]`: one group, or two when a trainable DSP projection exists, each with its `lr`.
+    """
+    if projection_lr_scale <= 0:
+        raise ValueError(f"`projection_lr_scale` must be > 0, got {projection_lr_scale}.")
+    projection, other = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (projection if DSP_PROJECTION_PATTERN in f".{name}" else other).append(parameter)
+    groups = [{"params": other, "lr": learning_rate}]
+    if projection:
+        groups.append({"params": projection, "lr": learning_rate * projection_lr_scale})
+    return [group for group in groups if group["params"]]
+
+
 def _freeze_all_but(model: nn.Module, keep) -> None:
     for name, param in model.named_parameters():
         param.requires_grad_(keep(name))
