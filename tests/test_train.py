@@ -119,7 +119,14 @@ def test_every_method_trains_its_own_parameters(workspace, tmp_path, method):
 def test_projection_lr_scale_slows_only_the_dsp_projection(workspace, tmp_path):
     _run(
         _train_args(
-            workspace, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "0", "--projection_lr_scale", "1e-9"
+            workspace,
+            tmp_path,
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "0",
+            "--projection_lr_scale",
+            "1e-9",
         )
     )
     trained = load_file(str(tmp_path / TRAINABLE_WEIGHTS_NAME))

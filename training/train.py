@@ -71,7 +71,7 @@ class RecipeArguments:
             "help": "Learning-rate multiplier of the DSP projection (`--method stable`; 1.0 is the paper's single "
             "rate). The projection starts as the identity and Adam moves each of its 65,536 entries by about the "
             "learning rate per step; 0.1 keeps it nearer the identity, and the router then separates box from point "
-            "prompts more sharply (README, \"The offline demo\")."
+            'prompts more sharply (README, "The offline demo").'
         },
     )
     total_batch_size: int = field(

@@ -223,9 +223,7 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
 DSP_PROJECTION_PATTERN = ".dsp.proj."
 
 
-def optimizer_parameter_groups(
-    model: nn.Module, learning_rate: float, projection_lr_scale: float = 1.0
-) -> list[dict]:
+def optimizer_parameter_groups(model: nn.Module, learning_rate: float, projection_lr_scale: float = 1.0) -> list[dict]:
     """The trainable parameters of `model` as optimizer groups; the DSP projection gets its own learning rate.
 
     Adam moves every parameter by about the learning rate per step whatever its gradient's size, so at Stable-SAM's
