@@ -593,7 +593,7 @@ def main(args: ToyBaseTrainingArguments) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     global_step, history = 0, []
     if checkpoints:
-        state = torch.load(checkpoints[-1] / TRAINING_STATE_NAME, weights_only=False)
+        state = torch.load(checkpoints[-1] / TRAINING_STATE_NAME, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
