@@ -1,0 +1,307 @@
+"""How much of the toy base's prompt gap can training on its decoder side recover?
+
+The offline demo's Stable-SAM gains are small. This script asks why, on the shipped toy SAM: it trains, on cached
+image embeddings of synthetic scenes (no augmentation, so hundreds of steps take a minute or two), the Stable-SAM
+plugins (once per `--projection_lr_scales` value) and, as an upper bound for anything that leaves the image encoder
+frozen, the whole mask decoder (30 times the plugins' parameters). It reports held-out mIoU per prompt type on both
+synthetic domains and Stable-SAM's mean `alpha_1` per prompt type (the paper's Table 7).
+
+    python examples/toy_headroom.py                       # about 8 minutes on 2 CPU cores
+    python examples/toy_headroom.py --max_train_steps 100 --methods stable
+
+`tests/test_plugin_training.py` runs the same loop on a reduced budget.
+"""
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import HfArgumentParser, SamModel
+from transformers.utils import logging as transformers_logging
+
+from stable_sam_hf import StableSamModel
+from stable_sam_hf.methods import SAM_PIXEL_MEAN, SAM_PIXEL_STD, optimizer_parameter_groups, segmentation_loss
+from stable_sam_hf.prompts import masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
+from stable_sam_hf.synthetic import generate_scenes
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_BASE = ROOT / "models" / "toy-sam-128"
+METHODS = ("stable", "decoder")
+METHOD_LEARNING_RATES = {"stable": 1e-3, "decoder": 1e-4}  # as the quickstart
+ALPHA_PROMPT_TYPES = ("box", "noisy_box", "points_1", "points_3", "points_10")
+
+logger = logging.getLogger("toy_headroom")
+
+
+@dataclass
+class ToyHeadroomArguments:
+    output_dir: str = field(default="outputs/toy_headroom", metadata={"help": "Where results.json and .md go."})
+    base_model: str = field(default=str(TOY_BASE), metadata={"help": "Frozen SAM (a folder or Hub id)."})
+    methods: list[str] = field(
+        default_factory=lambda: list(METHODS), metadata={"help": "stable (plugins) and/or decoder (whole decoder)."}
+    )
+    projection_lr_scales: list[float] = field(
+        default_factory=lambda: [1.0, 0.1],
+        metadata={"help": "One Stable-SAM run per value: learning-rate multiplier of the DSP projection."},
+    )
+    num_train_scenes: int = field(default=1000, metadata={"help": "Training scenes (domain `train`, seed 0)."})
+    num_eval_scenes: int = field(default=300, metadata={"help": "Held-out scenes per domain (seed 1)."})
+    max_train_steps: int = field(default=400, metadata={"help": "Optimizer steps per run."})
+    images_per_step: int = field(default=8, metadata={"help": "Scenes per step."})
+    objects_per_image: int = field(default=4, metadata={"help": "Objects (prompts) per scene and step."})
+    prompt_types: list[str] = field(
+        default_factory=lambda: ["box", "noisy_box", "points_1", "points_3", "points_5", "points_10"],
+        metadata={"help": "Training prompt mix, one type per step in turn."},
+    )
+    eval_prompt_types: list[str] = field(
+        default_factory=lambda: ["box", "noisy_box", "points_1", "points_3"],
+        metadata={"help": "Held-out prompt types."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of batches and prompts."})
+
+    def __post_init__(self):
+        for name in ("num_train_scenes", "num_eval_scenes", "max_train_steps", "images_per_step", "objects_per_image"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"`methods` must be among {list(METHODS)}, got {self.methods}.")
+        if any(scale <= 0 for scale in self.projection_lr_scales):
+            raise ValueError(f"`projection_lr_scales` must be > 0, got {self.projection_lr_scales}.")
+        for prompt_type in self.prompt_types + self.eval_prompt_types:
+            if parse_prompt_type(prompt_type)[0] not in ("box", "noisy_box", "points"):
+                raise ValueError(f"`prompt_types` may hold box, noisy_box and points_<k> only, got {prompt_type!r}.")
+
+
+def encode_scenes(model: SamModel, images, chunk_size: int = 64) -> torch.Tensor:
+    """Image embeddings of `(N, H, W, 3)` uint8 scenes, normalised as SAM's processor does."""
+    pixels = torch.as_tensor(images).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
+    pixels = (pixels - mean) / std
+    return torch.cat(
+        [model.get_image_embeddings(pixels[i : i + chunk_size]) for i in range(0, len(pixels), chunk_size)]
+    )
+
+
+def all_objects(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every object of label maps `(N, H, W)`: its scene index `(M,)` and bool mask `(M, H, W)`."""
+    counts = labels.flatten(1).amax(1).long()
+    scene = torch.repeat_interleave(torch.arange(len(labels)), counts)
+    object_id = torch.cat([torch.arange(1, int(count) + 1) for count in counts]).to(labels.dtype)
+    return scene, labels[scene] == object_id[:, None, None]
+
+
+def prompt_inputs(masks: torch.Tensor, prompt_type: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Model inputs for bool masks `(n, P, H, W)` under one prompt type (noisy boxes: scale 0.4, IoU >= 0.5)."""
+    n, p, height, width = masks.shape
+    kind, num_points = parse_prompt_type(prompt_type)
+    flat = masks.flatten(0, 1)
+    if kind == "points":
+        points, labels = sample_points(flat, num_points, generator=generator)
+        return {"input_points": points.view(n, p, num_points, 2), "input_labels": labels.view(n, p, num_points)}
+    boxes = masks_to_boxes(flat)
+    if kind == "noisy_box":
+        boxes = noisy_boxes(boxes, (height, width), noise_scale=0.4, min_iou=0.5, generator=generator)
+    return {"input_boxes": boxes.view(n, p, 4)}
+
+
+def train_on_embeddings(
+    model: SamModel,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    prompt_types,
+    learning_rate: float,
+    projection_lr_scale: float = 1.0,
+    images_per_step: int = 8,
+    objects_per_image: int = 4,
+    seed: int = 0,
+) -> list[float]:
+    """Adam on `model`'s trainable parameters; each step is one prompt type (in turn) on random scenes and objects.
+
+    Returns:
+        `list[float]`: the training loss (BCE + dice) of every step.
+    """
+    optimizer = torch.optim.Adam(optimizer_parameter_groups(model, learning_rate, projection_lr_scale))
+    generator = torch.Generator().manual_seed(seed)
+    counts = labels.flatten(1).amax(1).long()
+    model.train()
+    losses = []
+    for step in range(steps):
+        scenes = torch.randint(len(labels), (images_per_step,), generator=generator)
+        object_ids = torch.stack(
+            [torch.randint(int(counts[scene]), (objects_per_image,), generator=generator) + 1 for scene in scenes]
+        ).to(labels.dtype)
+        masks = labels[scenes][:, None] == object_ids[:, :, None, None]  # n x P x H x W
+        inputs = prompt_inputs(masks, prompt_types[step % len(prompt_types)], generator)
+        outputs = model(image_embeddings=embeddings[scenes], multimask_output=False, **inputs)
+        loss = segmentation_loss(outputs.pred_masks.flatten(0, 2), masks.flatten(0, 1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def held_out_scores(
+    model: SamModel,
+    embeddings: torch.Tensor,
+    masks: torch.Tensor,
+    prompt_type: str,
+    *,
+    seed: int = 1,
+    routing_weight: float | None = None,
+    chunk_size: int = 64,
+) -> dict[str, float | None]:
+    """Loss, mIoU (%) and mean `alpha_1` (Stable-SAM only) of objects `masks` `(M, H, W)` with embeddings `(M, ...)`.
+
+    Prompts are seeded by `seed` and the prompt type only, so every model sees the same ones.
+    """
+    inputs = prompt_inputs(masks[:, None], prompt_type, torch.Generator().manual_seed(seed))
+    extra = {} if routing_weight is None else {"routing_weight": routing_weight}
+    loss, ious, alphas = 0.0, [], []
+    for start in range(0, len(masks), chunk_size):
+        rows = slice(start, start + chunk_size)
+        outputs = model(
+            image_embeddings=embeddings[rows],
+            multimask_output=False,
+            **{name: value[rows] for name, value in inputs.items()},
+            **extra,
+        )
+        logits, truth = outputs.pred_masks[:, 0, 0], masks[rows]
+        loss += segmentation_loss(logits, truth).item() * len(logits)
+        predicted = F.interpolate(logits[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0] > 0
+        ious.append((predicted & truth).flatten(1).sum(1) / (predicted | truth).flatten(1).sum(1).clamp(min=1))
+        if getattr(outputs, "routing_weights", None) is not None:
+            alphas.append(outputs.routing_weights[:, 0, 0])
+    return {
+        "loss": loss / len(masks),
+        "miou": 100 * torch.cat(ious).mean().item(),
+        "alpha_1": torch.cat(alphas).mean().item() if alphas else None,
+    }
+
+
+def load_trainable(method: str, base_model: str) -> SamModel:
+    """Stable-SAM with only its plugins trainable, or SAM with only its mask decoder trainable (float32)."""
+    if method == "stable":
+        model = StableSamModel.from_pretrained(base_model, dtype=torch.float32)
+        model.freeze_base_model()
+    else:
+        model = SamModel.from_pretrained(base_model, dtype=torch.float32)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("mask_decoder."))
+    return model.eval()
+
+
+def _table(results: dict, prompt_types: list[str]) -> str:
+    lines = []
+    for domain in ("train", "shifted"):
+        lines += [
+            "",
+            f"held-out `{domain}` scenes: mIoU % (alpha_1 for Stable-SAM)",
+            "",
+            "| run | trainable | " + " | ".join(prompt_types) + " |",
+            "|---|---:|" + "---:|" * len(prompt_types),
+        ]
+        for name, run in results["runs"].items():
+            cells = []
+            for prompt_type in prompt_types:
+                score = run["eval"][domain][prompt_type]
+                alpha = f" ({score['alpha_1']:.2f})" if score["alpha_1"] is not None else ""
+                cells.append(f"{score['miou']:.1f}{alpha}")
+            lines.append(f"| {name} | {run['trainable']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    (args,) = HfArgumentParser(ToyHeadroomArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # The load report lists the plugins as newly initialised, which is expected here
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    start = time.perf_counter()
+    encoder = load_trainable("stable", args.base_model)
+    size = encoder.config.vision_config.image_size
+    images, labels = generate_scenes(args.num_train_scenes, size=size, domain="train", seed=0)
+    embeddings, labels = encode_scenes(encoder, images), torch.from_numpy(labels)
+    held_out = {}
+    for domain in ("train", "shifted"):
+        held_images, held_labels = generate_scenes(args.num_eval_scenes, size=size, domain=domain, seed=1)
+        scene, masks = all_objects(torch.from_numpy(held_labels))
+        held_out[domain] = (encode_scenes(encoder, held_images)[scene], masks)
+    logger.info("scenes generated and encoded in %.0f s", time.perf_counter() - start)
+
+    runs = [("base", "stable", None)]
+    if "stable" in args.methods:
+        runs += [(f"stable (proj lr x{scale:g})", "stable", scale) for scale in args.projection_lr_scales]
+    if "decoder" in args.methods:
+        runs.append(("decoder", "decoder", 1.0))
+    results = {"args": asdict(args), "runs": {}}
+    for name, method, scale in runs:
+        model = load_trainable(method, args.base_model)
+        trainable = 0
+        losses = []
+        if scale is not None:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            run_start = time.perf_counter()
+            losses = train_on_embeddings(
+                model,
+                embeddings,
+                labels,
+                steps=args.max_train_steps,
+                prompt_types=args.prompt_types,
+                learning_rate=METHOD_LEARNING_RATES[method],
+                projection_lr_scale=scale,
+                images_per_step=args.images_per_step,
+                objects_per_image=args.objects_per_image,
+                seed=args.seed,
+            )
+            logger.info("%s: %d steps in %.0f s", name, args.max_train_steps, time.perf_counter() - run_start)
+        prompt_types = list(
+            dict.fromkeys(args.eval_prompt_types + (list(ALPHA_PROMPT_TYPES) if method == "stable" else []))
+        )
+        routing_weight = 0.0 if name == "base" else None
+        evaluation = {
+            domain: {
+                prompt_type: held_out_scores(model, *held_out[domain], prompt_type, routing_weight=routing_weight)
+                for prompt_type in prompt_types
+            }
+            for domain in held_out
+        }
+        if name == "base":
+            for scores in evaluation.values():
+                for score in scores.values():
+                    score["alpha_1"] = None
+        results["runs"][name] = {"trainable": trainable, "losses": losses, "eval": evaluation}
+        summary = ", ".join(f"{t} {evaluation['train'][t]['miou']:.1f}" for t in args.eval_prompt_types)
+        logger.info("%s held-out [train]: %s", name, summary)
+
+    table = _table(results, args.eval_prompt_types)
+    alpha_lines = ["", "Stable-SAM mean alpha_1 on held-out `train` scenes", ""]
+    for name, run in results["runs"].items():
+        if name.startswith("stable"):
+            alphas = ", ".join(f"{t} {run['eval']['train'][t]['alpha_1']:.3f}" for t in ALPHA_PROMPT_TYPES)
+            alpha_lines.append(f"- {name}: {alphas}")
+    report = table + "\n".join(alpha_lines) + "\n"
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (output_dir / "results.md").write_text(report)
+    print(report)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
