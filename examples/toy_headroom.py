@@ -3,10 +3,11 @@
 The offline demo's Stable-SAM gains are small. This script asks why, on the shipped toy SAM: it trains, on cached
 image embeddings of synthetic scenes (no augmentation, so hundreds of steps take a minute or two), the Stable-SAM
 plugins (once per `--projection_lr_scales` value) and, as an upper bound for anything that leaves the image encoder
-frozen, the whole mask decoder (30 times the plugins' parameters). It reports held-out mIoU per prompt type on both
+frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ... full` adds the whole model, encoder
+included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both
 synthetic domains and Stable-SAM's mean `alpha_1` per prompt type (the paper's Table 7).
 
-    python examples/toy_headroom.py                       # about 8 minutes on 2 CPU cores
+    python examples/toy_headroom.py                       # 12 minutes on one CPU core
     python examples/toy_headroom.py --max_train_steps 100 --methods stable
 
 `tests/test_plugin_training.py` runs the same loop on a reduced budget.
@@ -32,8 +33,8 @@ from stable_sam_hf.synthetic import generate_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_BASE = ROOT / "models" / "toy-sam-128"
-METHODS = ("stable", "decoder")
-METHOD_LEARNING_RATES = {"stable": 1e-3, "decoder": 1e-4}  # as the quickstart
+METHODS = ("stable", "decoder", "full")
+METHOD_LEARNING_RATES = {"stable": 1e-3, "decoder": 1e-4, "full": 1e-4}  # as the quickstart
 ALPHA_PROMPT_TYPES = ("box", "noisy_box", "points_1", "points_3", "points_10")
 
 logger = logging.getLogger("toy_headroom")
@@ -44,7 +45,8 @@ class ToyHeadroomArguments:
     output_dir: str = field(default="outputs/toy_headroom", metadata={"help": "Where results.json and .md go."})
     base_model: str = field(default=str(TOY_BASE), metadata={"help": "Frozen SAM (a folder or Hub id)."})
     methods: list[str] = field(
-        default_factory=lambda: list(METHODS), metadata={"help": "stable (plugins) and/or decoder (whole decoder)."}
+        default_factory=lambda: ["stable", "decoder"],
+        metadata={"help": "stable (plugins), decoder (whole decoder), full (whole model, encoder included)."},
     )
     projection_lr_scales: list[float] = field(
         default_factory=lambda: [1.0, 0.1],
@@ -79,12 +81,17 @@ class ToyHeadroomArguments:
                 raise ValueError(f"`prompt_types` may hold box, noisy_box and points_<k> only, got {prompt_type!r}.")
 
 
-def encode_scenes(model: SamModel, images, chunk_size: int = 64) -> torch.Tensor:
-    """Image embeddings of `(N, H, W, 3)` uint8 scenes, normalised as SAM's processor does."""
+def pixel_values(images) -> torch.Tensor:
+    """`(N, H, W, 3)` uint8 scenes as SAM's normalised `(N, 3, H, W)` pixel values."""
     pixels = torch.as_tensor(images).permute(0, 3, 1, 2).float()
     mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
-    pixels = (pixels - mean) / std
+    return (pixels - mean) / std
+
+
+def encode_scenes(model: SamModel, images, chunk_size: int = 64) -> torch.Tensor:
+    """Image embeddings of `(N, H, W, 3)` uint8 scenes."""
+    pixels = pixel_values(images)
     return torch.cat(
         [model.get_image_embeddings(pixels[i : i + chunk_size]) for i in range(0, len(pixels), chunk_size)]
     )
@@ -124,8 +131,12 @@ def train_on_embeddings(
     images_per_step: int = 8,
     objects_per_image: int = 4,
     seed: int = 0,
+    pixels: torch.Tensor | None = None,
 ) -> list[float]:
     """Adam on `model`'s trainable parameters; each step is one prompt type (in turn) on random scenes and objects.
+
+    With `pixels` (`(N, 3, H, W)`, `pixel_values` of the same scenes) the image embeddings are recomputed at every
+    step, so a trainable encoder trains too; otherwise the cached `embeddings` are used.
 
     Returns:
         `list[float]`: the training loss (BCE + dice) of every step.
@@ -142,7 +153,11 @@ def train_on_embeddings(
         ).to(labels.dtype)
         masks = labels[scenes][:, None] == object_ids[:, :, None, None]  # n x P x H x W
         inputs = prompt_inputs(masks, prompt_types[step % len(prompt_types)], generator)
-        outputs = model(image_embeddings=embeddings[scenes], multimask_output=False, **inputs)
+        if pixels is None:
+            image_embeddings = embeddings[scenes]
+        else:
+            image_embeddings = model.vision_encoder(pixels[scenes]).last_hidden_state
+        outputs = model(image_embeddings=image_embeddings, multimask_output=False, **inputs)
         loss = segmentation_loss(outputs.pred_masks.flatten(0, 2), masks.flatten(0, 1))
         optimizer.zero_grad()
         loss.backward()
@@ -192,14 +207,14 @@ def held_out_scores(
 
 
 def load_trainable(method: str, base_model: str) -> SamModel:
-    """Stable-SAM with only its plugins trainable, or SAM with only its mask decoder trainable (float32)."""
+    """Stable-SAM with only its plugins trainable, or SAM with its mask decoder or everything trainable (float32)."""
     if method == "stable":
         model = StableSamModel.from_pretrained(base_model, dtype=torch.float32)
         model.freeze_base_model()
     else:
         model = SamModel.from_pretrained(base_model, dtype=torch.float32)
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("mask_decoder."))
+            parameter.requires_grad_(method == "full" or name.startswith("mask_decoder."))
     return model.eval()
 
 
@@ -238,18 +253,18 @@ def main(argv=None) -> dict:
     size = encoder.config.vision_config.image_size
     images, labels = generate_scenes(args.num_train_scenes, size=size, domain="train", seed=0)
     embeddings, labels = encode_scenes(encoder, images), torch.from_numpy(labels)
-    held_out = {}
+    held_out, held_out_images = {}, {}
     for domain in ("train", "shifted"):
         held_images, held_labels = generate_scenes(args.num_eval_scenes, size=size, domain=domain, seed=1)
         scene, masks = all_objects(torch.from_numpy(held_labels))
         held_out[domain] = (encode_scenes(encoder, held_images)[scene], masks)
+        held_out_images[domain] = (held_images, scene)
     logger.info("scenes generated and encoded in %.0f s", time.perf_counter() - start)
 
     runs = [("base", "stable", None)]
     if "stable" in args.methods:
         runs += [(f"stable (proj lr x{scale:g})", "stable", scale) for scale in args.projection_lr_scales]
-    if "decoder" in args.methods:
-        runs.append(("decoder", "decoder", 1.0))
+    runs += [(method, method, 1.0) for method in ("decoder", "full") if method in args.methods]
     results = {"args": asdict(args), "runs": {}}
     for name, method, scale in runs:
         model = load_trainable(method, args.base_model)
@@ -269,12 +284,18 @@ def main(argv=None) -> dict:
                 images_per_step=args.images_per_step,
                 objects_per_image=args.objects_per_image,
                 seed=args.seed,
+                pixels=pixel_values(images) if method == "full" else None,
             )
             logger.info("%s: %d steps in %.0f s", name, args.max_train_steps, time.perf_counter() - run_start)
         prompt_types = list(
             dict.fromkeys(args.eval_prompt_types + (list(ALPHA_PROMPT_TYPES) if method == "stable" else []))
         )
         routing_weight = 0.0 if name == "base" else None
+        if method == "full":  # its encoder changed: embed the held-out scenes again
+            held_out = {
+                domain: (encode_scenes(model, held_images)[scene], held_out[domain][1])
+                for domain, (held_images, scene) in held_out_images.items()
+            }
         evaluation = {
             domain: {
                 prompt_type: held_out_scores(model, *held_out[domain], prompt_type, routing_weight=routing_weight)
