@@ -27,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import SAM_PIXEL_MEAN, SAM_PIXEL_STD, optimizer_parameter_groups, segmentation_loss
-from stable_sam_hf.prompts import masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
+from stable_sam_hf.prompts import box_iou, masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
 from stable_sam_hf.synthetic import generate_scenes
 
 
@@ -206,6 +206,39 @@ def held_out_scores(
     }
 
 
+def noisy_box_ambiguity(labels: torch.Tensor, seed: int = 1) -> dict[str, float]:
+    """How ambiguous the evaluation's noisy boxes are in scenes `labels` `(N, H, W)`, the model aside.
+
+    Returns (in %): `nearer_another_object`, noisy boxes whose box IoU is higher with another object's GT box of the
+    scene than with their own object's; `target_inside`, the mean share of the target's pixels inside its noisy box;
+    `target_mostly_outside`, noisy boxes that leave over 20 % of the target outside; and `clutter_per_target`, the
+    median ratio of other objects' pixels to target pixels inside the noisy box.
+    """
+    scene, masks = all_objects(labels)
+    gt_boxes = masks_to_boxes(masks)
+    generator = torch.Generator().manual_seed(seed)
+    boxes = noisy_boxes(gt_boxes, tuple(masks.shape[-2:]), noise_scale=0.4, min_iou=0.5, generator=generator)
+    nearer, inside, clutter = 0, [], []
+    for index in range(len(masks)):
+        same = torch.nonzero(scene == scene[index]).flatten()
+        ious = box_iou(boxes[index].expand(len(same), 4), gt_boxes[same])
+        nearer += int(same[ious.argmax()] != index)
+        x0, y0, x1, y1 = boxes[index].round().long().tolist()
+        region = torch.zeros_like(masks[index])
+        region[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+        target_in = (masks[index] & region).sum().item()
+        others_in = (masks[same].any(0) & ~masks[index] & region).sum().item()
+        inside.append(target_in / masks[index].sum().item())
+        clutter.append(others_in / max(target_in, 1))
+    inside = torch.tensor(inside)
+    return {
+        "nearer_another_object": 100 * nearer / len(masks),
+        "target_inside": 100 * inside.mean().item(),
+        "target_mostly_outside": 100 * (inside < 0.8).float().mean().item(),
+        "clutter_per_target": torch.tensor(clutter).median().item(),
+    }
+
+
 def load_trainable(method: str, base_model: str) -> SamModel:
     """Stable-SAM with only its plugins trainable, or SAM with its mask decoder or everything trainable (float32)."""
     if method == "stable":
@@ -253,19 +286,20 @@ def main(argv=None) -> dict:
     size = encoder.config.vision_config.image_size
     images, labels = generate_scenes(args.num_train_scenes, size=size, domain="train", seed=0)
     embeddings, labels = encode_scenes(encoder, images), torch.from_numpy(labels)
-    held_out, held_out_images = {}, {}
+    held_out, held_out_images, ambiguity = {}, {}, {}
     for domain in ("train", "shifted"):
         held_images, held_labels = generate_scenes(args.num_eval_scenes, size=size, domain=domain, seed=1)
         scene, masks = all_objects(torch.from_numpy(held_labels))
         held_out[domain] = (encode_scenes(encoder, held_images)[scene], masks)
         held_out_images[domain] = (held_images, scene)
+        ambiguity[domain] = noisy_box_ambiguity(torch.from_numpy(held_labels))
     logger.info("scenes generated and encoded in %.0f s", time.perf_counter() - start)
 
     runs = [("base", "stable", None)]
     if "stable" in args.methods:
         runs += [(f"stable (proj lr x{scale:g})", "stable", scale) for scale in args.projection_lr_scales]
     runs += [(method, method, 1.0) for method in ("decoder", "full") if method in args.methods]
-    results = {"args": asdict(args), "runs": {}}
+    results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "runs": {}}
     for name, method, scale in runs:
         model = load_trainable(method, args.base_model)
         trainable = 0
@@ -317,7 +351,15 @@ def main(argv=None) -> dict:
         if name.startswith("stable"):
             alphas = ", ".join(f"{t} {run['eval']['train'][t]['alpha_1']:.3f}" for t in ALPHA_PROMPT_TYPES)
             alpha_lines.append(f"- {name}: {alphas}")
-    report = table + "\n".join(alpha_lines) + "\n"
+    ambiguity_lines = ["", "Noisy boxes of the held-out scenes, the model aside", ""]
+    for domain, values in ambiguity.items():
+        ambiguity_lines.append(
+            f"- `{domain}`: nearer (box IoU) to another object's box {values['nearer_another_object']:.1f} %; target "
+            f"pixels inside {values['target_inside']:.1f} % on average, under 80 % for "
+            f"{values['target_mostly_outside']:.1f} % of boxes; other objects' pixels inside per target pixel inside: "
+            f"median {values['clutter_per_target']:.2f}"
+        )
+    report = table + "\n".join(alpha_lines + ambiguity_lines) + "\n"
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "results.md").write_text(report)
     print(report)

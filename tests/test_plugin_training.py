@@ -89,3 +89,17 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         headroom.main(["--output_dir", str(tmp_path), "--projection_lr_scales", "0"])
     with pytest.raises(ValueError, match="box, noisy_box and points_<k> only"):
         headroom.main(["--output_dir", str(tmp_path), "--prompt_types", "coarse_mask"])
+
+
+def test_noisy_box_ambiguity_of_a_lone_object_and_of_a_nested_pair(headroom):
+    lone = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    lone[0, 20:40, 20:40] = 1
+    values = headroom.noisy_box_ambiguity(lone)
+    assert values["nearer_another_object"] == 0 and values["clutter_per_target"] == 0
+    assert 50 <= values["target_inside"] <= 100
+
+    # A small object inside a large one: each one's noisy box holds pixels of the other
+    nested = torch.ones(1, 64, 64, dtype=torch.uint8)
+    nested[0, 28:36, 28:36] = 2
+    values = headroom.noisy_box_ambiguity(nested)
+    assert values["clutter_per_target"] > 0
