@@ -99,6 +99,13 @@ class TestNoisyBoxes:
         assert torch.equal(first, again)
         assert not torch.equal(first, other)
 
+    def test_box_iou_pairs_boxes_one_to_one_and_refuses_broadcasting(self):
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+        others = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]])
+        assert torch.allclose(box_iou(boxes, others), torch.tensor([1.0, 50 / 150]))
+        with pytest.raises(ValueError, match="`boxes1` and `boxes2` must both have shape"):
+            box_iou(boxes[:1], others)
+
     @pytest.mark.parametrize("min_iou, max_iou", [(0.5, None), (0.5, 0.6), (0.8, None)])
     def test_iou_bound_and_image(self, min_iou, max_iou):
         height, width = 60, 90

@@ -193,7 +193,15 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 
     Returns:
         `torch.Tensor` of shape `(num_boxes,)`; 0 where the union is empty.
+
+    Unlike `torchvision.ops.box_iou` this does not pair every box with every other one (`pairwise_box_iou` of
+    `stable_sam_hf.image_processing_stable_sam` does), so the two sets must have the same shape.
     """
+    if boxes1.ndim != 2 or boxes1.shape[-1] != 4 or boxes1.shape != boxes2.shape:
+        raise ValueError(
+            f"`boxes1` and `boxes2` must both have shape (num_boxes, 4), got {tuple(boxes1.shape)} and "
+            f"{tuple(boxes2.shape)}."
+        )
     area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)
     area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)
     top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
