@@ -103,3 +103,13 @@ def test_noisy_box_ambiguity_of_a_lone_object_and_of_a_nested_pair(headroom):
     nested[0, 28:36, 28:36] = 2
     values = headroom.noisy_box_ambiguity(nested)
     assert values["clutter_per_target"] > 0
+
+
+def test_boundary_share_separates_compact_from_thin_objects(headroom):
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 10:50, 10:50] = True  # a 40 x 40 square
+    masks[1, 30:32, 5:60] = True  # a 2-pixel wire
+    share = headroom.boundary_share(masks)
+    assert share[0] == pytest.approx(156 / 1600) and share[1] == 1
+    groups = headroom.shape_groups(masks)
+    assert groups["compact"].tolist() == [True, False] and groups["thin"].tolist() == [False, True]
