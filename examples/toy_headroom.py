@@ -7,7 +7,8 @@ frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ..
 included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both
 synthetic domains and Stable-SAM's mean `alpha_1` per prompt type (the paper's Table 7).
 
-    python examples/toy_headroom.py                       # 12 minutes on one CPU core
+    python examples/toy_headroom.py                       # 7 minutes on 2 CPU cores
+    python examples/toy_headroom.py --methods stable decoder full   # and the whole model: 12 minutes
     python examples/toy_headroom.py --max_train_steps 100 --methods stable
 
 `tests/test_plugin_training.py` runs the same loop on a reduced budget.
