@@ -28,6 +28,7 @@ from transformers.utils import logging as transformers_logging
 
 from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import SAM_PIXEL_MEAN, SAM_PIXEL_STD, optimizer_parameter_groups, segmentation_loss
+from stable_sam_hf.metrics import mask_iou
 from stable_sam_hf.prompts import box_iou, masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
 from stable_sam_hf.synthetic import generate_scenes
 
@@ -199,7 +200,7 @@ def held_out_scores(
         logits, truth = outputs.pred_masks[:, 0, 0], masks[rows]
         loss += segmentation_loss(logits, truth).item() * len(logits)
         predicted = F.interpolate(logits[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0] > 0
-        ious.append((predicted & truth).flatten(1).sum(1) / (predicted | truth).flatten(1).sum(1).clamp(min=1))
+        ious.append(mask_iou(predicted, truth))
         if getattr(outputs, "routing_weights", None) is not None:
             alphas.append(outputs.routing_weights[:, 0, 0])
     ious = torch.cat(ious)
