@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, SamConfig, SamModel, get_cosine_schedule_with_warmup
 
+import stable_sam_hf
 from stable_sam_hf.prompts import masks_to_boxes, noisy_boxes, sample_points
 from stable_sam_hf.synthetic import generate_scenes
 
@@ -478,7 +479,8 @@ has never seen a natural image, and is useless outside the synthetic scenes of `
   images normalised with mean {PIXEL_MEAN} and std {PIXEL_STD}; prompt coordinates in input pixels.
 
 ## How it was trained
-{args.num_train_scenes} synthetic scenes of the `train` domain (seed {args.data_seed}), {args.max_train_steps} steps of
+{args.num_train_scenes} synthetic scenes of the `train` domain (seed {args.data_seed}; the generator of stable-sam-hf
+{stable_sam_hf.__version__}), {args.max_train_steps} steps of
 {args.train_batch_size} images x {args.prompts_per_image} objects, AdamW (peak lr {args.learning_rate}, weight decay
 {args.weight_decay}, {args.warmup_steps} warm-up steps, cosine decay), BCE + dice + IoU-head MSE, with clean prompts
 only: ground-truth boxes, {args.min_points}-{args.max_points} random positive points, and boxes with 1-{args.max_box_points}

@@ -13,7 +13,7 @@ from .modeling_stable_sam import (
 from .processing_stable_sam import StableSamProcessor, register_processors
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(StableSamConfig.model_type, StableSamConfig, exist_ok=True)
 AutoModel.register(StableSamConfig, StableSamModel, exist_ok=True)
