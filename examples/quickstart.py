@@ -63,7 +63,7 @@ class QuickstartArguments:
         default_factory=lambda: ["box", "noisy_box", "points_1", "points_3"],
         metadata={"help": "Evaluation prompt types."},
     )
-    num_prompts: int = field(default=5, metadata={"help": "Seeded prompts per object and prompt type (K)."})
+    num_prompts: int = field(default=3, metadata={"help": "Seeded prompts per object and prompt type (K)."})
     seed: int = field(default=0, metadata={"help": "Seed of scenes, training and prompts."})
 
 
