@@ -1,8 +1,8 @@
 """Plugin training on the shipped toy SAM, on a reduced budget: the offline demo's claim, checked in CI.
 
 Only the DSP + DRP plugins train (Adam at Stable-SAM's 1e-3, the DSP projection at 1e-4, a prompt mix weighted to
-noisy boxes and single points) on cached image embeddings of synthetic training scenes, through `examples/toy_headroom.py`'s loop.
-Held-out scenes of the same domain then show a lower loss and a higher noisy-box mIoU than the frozen toy base (the
+noisy boxes and single points) on cached image embeddings of synthetic training scenes, through
+`examples/toy_headroom.py`'s loop. Held-out scenes of the same domain then show a lower loss and a higher noisy-box mIoU than the frozen toy base (the
 same model at `routing_weight=0`, which is SAM exactly), and DRP gives fewer points more deformable sampling (Table 7's
 trend).
 """
