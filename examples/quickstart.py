@@ -56,6 +56,12 @@ class QuickstartArguments:
     max_train_steps: int = field(default=150, metadata={"help": "Optimizer steps per method."})
     total_batch_size: int = field(default=16, metadata={"help": "Objects per optimizer step."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Objects per forward."})
+    projection_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning-rate multiplier of Stable-SAM's DSP projection (train.py's option; 1.0: the paper's)."
+        },
+    )
     num_train_scenes: int = field(default=600, metadata={"help": "Synthetic training scenes (several objects each)."})
     num_eval_scenes: int = field(default=24, metadata={"help": "Synthetic held-out scenes per domain."})
     max_objects_per_dataset: int = field(default=60, metadata={"help": "Objects evaluated per dataset."})
@@ -129,6 +135,8 @@ def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Pat
     command += ["--per_device_train_batch_size", str(args.per_device_train_batch_size)]
     command += ["--learning_rate", str(METHOD_LEARNING_RATES[method]), "--seed", str(args.seed)]
     command += ["--report_to", "none", "--checkpointing_steps", "0", "--logging_steps", "25"]
+    if method == "stable":
+        command += ["--projection_lr_scale", str(args.projection_lr_scale)]
     run(command, run_dir / "train.log")
     return run_dir
 
