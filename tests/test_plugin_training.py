@@ -2,9 +2,9 @@
 
 Only the DSP + DRP plugins train (Adam at Stable-SAM's 1e-3, the DSP projection at 1e-4, a prompt mix weighted to
 noisy boxes and single points) on cached image embeddings of synthetic training scenes, through
-`examples/toy_headroom.py`'s loop. Held-out scenes of the same domain then show a lower loss and a higher noisy-box mIoU than the frozen toy base (the
-same model at `routing_weight=0`, which is SAM exactly), and DRP gives fewer points more deformable sampling (Table 7's
-trend).
+`examples/toy_headroom.py`'s loop. Held-out scenes of the same domain then show a lower loss and a higher noisy-box
+mIoU than the frozen toy base (the same model at `routing_weight=0`, which is SAM exactly), and DRP gives fewer points
+more deformable sampling (Table 7's trend).
 """
 
 import sys
