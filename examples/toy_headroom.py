@@ -54,6 +54,11 @@ class ToyHeadroomArguments:
         default_factory=lambda: [1.0, 0.1],
         metadata={"help": "One Stable-SAM run per value: learning-rate multiplier of the DSP projection."},
     )
+    plugin_layers: list[int] = field(
+        default_factory=lambda: [1],
+        metadata={"help": "Two-way layers that get the plugins (the paper: [1]; [0, 1] is the both-layers ablation)."},
+    )
+    offset_range: float = field(default=2.0, metadata={"help": "Largest DSP offset, in image-embedding pixels."})
     num_train_scenes: int = field(default=1000, metadata={"help": "Training scenes (domain `train`, seed 0)."})
     num_eval_scenes: int = field(default=300, metadata={"help": "Held-out scenes per domain (seed 1)."})
     max_train_steps: int = field(default=400, metadata={"help": "Optimizer steps per run."})
@@ -76,6 +81,8 @@ class ToyHeadroomArguments:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"`methods` must be among {list(METHODS)}, got {self.methods}.")
+        if not self.offset_range > 0:
+            raise ValueError(f"`offset_range` must be > 0, got {self.offset_range}.")
         if any(scale <= 0 for scale in self.projection_lr_scales):
             raise ValueError(f"`projection_lr_scales` must be > 0, got {self.projection_lr_scales}.")
         for prompt_type in self.prompt_types + self.eval_prompt_types:
@@ -181,14 +188,17 @@ def held_out_scores(
     groups: dict[str, torch.Tensor] | None = None,
     chunk_size: int = 64,
 ) -> dict:
-    """Loss, mIoU (%) and mean `alpha_1` (Stable-SAM only) of objects `masks` `(M, H, W)` with embeddings `(M, ...)`.
+    """Loss, mIoU (%), mean `alpha_1` and DSP offset lengths (Stable-SAM only) of objects `masks` `(M, H, W)` with embeddings `(M, ...)`.
 
     Prompts are seeded by `seed` and the prompt type only, so every model sees the same ones. `groups` maps names to
     bool selections `(M,)` of the objects; their mIoU goes to `miou_by_group`.
     """
     inputs = prompt_inputs(masks[:, None], prompt_type, torch.Generator().manual_seed(seed))
     extra = {} if routing_weight is None else {"routing_weight": routing_weight}
-    loss, ious, alphas = 0.0, [], []
+    is_stable = isinstance(model, StableSamModel)
+    if is_stable:
+        extra["output_sampling_offsets"] = True
+    loss, ious, alphas, offset_lengths = 0.0, [], [], []
     for start in range(0, len(masks), chunk_size):
         rows = slice(start, start + chunk_size)
         outputs = model(
@@ -197,6 +207,8 @@ def held_out_scores(
             **{name: value[rows] for name, value in inputs.items()},
             **extra,
         )
+        if is_stable and outputs.sampling_offsets:  # one (B, P, H, W, 2) per plugin layer; none at alpha_1 = 0
+            offset_lengths.append(torch.stack([o.norm(dim=-1).flatten() for o in outputs.sampling_offsets]))
         logits, truth = outputs.pred_masks[:, 0, 0], masks[rows]
         loss += segmentation_loss(logits, truth).item() * len(logits)
         predicted = F.interpolate(logits[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0] > 0
@@ -204,10 +216,14 @@ def held_out_scores(
         if getattr(outputs, "routing_weights", None) is not None:
             alphas.append(outputs.routing_weights[:, 0, 0])
     ious = torch.cat(ious)
+    offset_lengths = torch.cat(offset_lengths, dim=1) if offset_lengths else None
     return {
         "loss": loss / len(masks),
         "miou": 100 * ious.mean().item(),
         "alpha_1": torch.cat(alphas).mean().item() if alphas else None,
+        # Length of the DSP sampling offsets in image-embedding pixels, per plugin layer: mean and 90th percentile
+        "offset_mean": offset_lengths.mean(1).tolist() if offset_lengths is not None else None,
+        "offset_p90": offset_lengths.quantile(0.9, dim=1).tolist() if offset_lengths is not None else None,
         "miou_by_group": {name: 100 * ious[selected].mean().item() for name, selected in (groups or {}).items()},
     }
 
@@ -262,10 +278,11 @@ def noisy_box_ambiguity(labels: torch.Tensor, seed: int = 1) -> dict[str, float]
     }
 
 
-def load_trainable(method: str, base_model: str) -> SamModel:
-    """Stable-SAM with only its plugins trainable, or SAM with its mask decoder or everything trainable (float32)."""
+def load_trainable(method: str, base_model: str, **plugin_kwargs) -> SamModel:
+    """Stable-SAM with only its plugins trainable (`plugin_kwargs` configure them), or SAM with its mask decoder or
+    everything trainable (float32)."""
     if method == "stable":
-        model = StableSamModel.from_pretrained(base_model, dtype=torch.float32)
+        model = StableSamModel.from_pretrained(base_model, dtype=torch.float32, **plugin_kwargs)
         model.freeze_base_model()
     else:
         model = SamModel.from_pretrained(base_model, dtype=torch.float32)
@@ -324,7 +341,8 @@ def main(argv=None) -> dict:
     runs += [(method, method, 1.0) for method in ("decoder", "full") if method in args.methods]
     results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "runs": {}}
     for name, method, scale in runs:
-        model = load_trainable(method, args.base_model)
+        plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
+        model = load_trainable(method, args.base_model, **(plugin_kwargs if method == "stable" else {}))
         trainable = 0
         losses = []
         if scale is not None:
@@ -375,11 +393,20 @@ def main(argv=None) -> dict:
         logger.info("%s held-out [train]: %s", name, summary)
 
     table = _table(results, args.eval_prompt_types)
-    alpha_lines = ["", "Stable-SAM mean alpha_1 on held-out `train` scenes", ""]
+    alpha_lines = [
+        "",
+        f"Stable-SAM mean alpha_1 on held-out `train` scenes, and how far DSP samples (offset_range {args.offset_range:g})",
+        "",
+    ]
     for name, run in results["runs"].items():
         if name.startswith("stable"):
             alphas = ", ".join(f"{t} {run['eval']['train'][t]['alpha_1']:.3f}" for t in ALPHA_PROMPT_TYPES)
-            alpha_lines.append(f"- {name}: {alphas}")
+            box = run["eval"]["train"]["box"]
+            offsets = "; ".join(
+                f"layer {layer}: mean {mean:.2f}, 90th percentile {p90:.2f}"
+                for layer, mean, p90 in zip(args.plugin_layers, box["offset_mean"], box["offset_p90"])
+            )
+            alpha_lines.append(f"- {name}: {alphas}; DSP offset length (embedding pixels) {offsets}")
     ambiguity_lines = ["", "Noisy boxes of the held-out scenes, the model aside", ""]
     for domain, values in ambiguity.items():
         ambiguity_lines.append(
