@@ -78,6 +78,10 @@ def test_plugin_training_beats_the_frozen_toy_base_under_noisy_boxes(headroom, s
     )
     assert after["loss"] < base["loss"]
     assert after["miou"] > base["miou"] + 0.5
+    # The offsets start at zero (SAM's regular grid) and have moved, within offset_range (2 embedding pixels)
+    assert trained["untrained"]["offset_mean"] == [0.0]
+    print(f"DSP offset length: mean {after['offset_mean'][0]:.3f}, 90th percentile {after['offset_p90'][0]:.3f}")
+    assert 0.01 < after["offset_mean"][0] <= after["offset_p90"][0] <= 2.0
     # Forcing alpha_1 = 0 after training still gives the frozen base
     assert headroom.held_out_scores(model, *held_out, "noisy_box", routing_weight=0.0)["miou"] == pytest.approx(
         base["miou"], abs=1e-6
@@ -98,6 +102,8 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         headroom.main(["--output_dir", str(tmp_path), "--methods", "lora"])
     with pytest.raises(ValueError, match="`projection_lr_scales` must be > 0"):
         headroom.main(["--output_dir", str(tmp_path), "--projection_lr_scales", "0"])
+    with pytest.raises(ValueError, match="`offset_range` must be > 0"):
+        headroom.main(["--output_dir", str(tmp_path), "--offset_range", "0"])
     with pytest.raises(ValueError, match="box, noisy_box and points_<k> only"):
         headroom.main(["--output_dir", str(tmp_path), "--prompt_types", "coarse_mask"])
 
@@ -124,3 +130,19 @@ def test_boundary_share_separates_compact_from_thin_objects(headroom):
     assert share[0] == pytest.approx(156 / 1600) and share[1] == 1
     groups = headroom.shape_groups(masks)
     assert groups["compact"].tolist() == [True, False] and groups["thin"].tolist() == [False, True]
+
+
+def test_box_share_inside_counts_the_pixels_that_noisy_box_ambiguity_counts(headroom):
+    from stable_sam_hf.synthetic import generate_scenes
+
+    _, labels = generate_scenes(6, size=64, domain="train", seed=3)
+    labels = torch.from_numpy(labels)
+    _, masks = headroom.all_objects(labels)
+    # The evaluation's noisy boxes (same seed, same order) as held_out_scores draws them
+    boxes = headroom.prompt_inputs(masks[:, None], "noisy_box", torch.Generator().manual_seed(1))["input_boxes"]
+    inside = headroom.box_share_inside(boxes[:, 0], masks)
+    assert 0 <= inside.min() and inside.max() <= 1 and inside.min() < 1
+    assert 100 * inside.mean().item() == pytest.approx(headroom.noisy_box_ambiguity(labels)["target_inside"])
+    # A GT box holds its whole object
+    gt = headroom.prompt_inputs(masks[:, None], "box", torch.Generator().manual_seed(1))["input_boxes"]
+    assert torch.equal(headroom.box_share_inside(gt[:, 0], masks), torch.ones(len(masks)))
