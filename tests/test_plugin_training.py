@@ -78,10 +78,11 @@ def test_plugin_training_beats_the_frozen_toy_base_under_noisy_boxes(headroom, s
     )
     assert after["loss"] < base["loss"]
     assert after["miou"] > base["miou"] + 0.5
-    # The offsets start at zero (SAM's regular grid) and have moved, within offset_range (2 embedding pixels)
+    # The offsets start at zero (SAM's regular grid) and have moved, each component within offset_range (2 embedding
+    # pixels), so their length within 2 * sqrt(2)
     assert trained["untrained"]["offset_mean"] == [0.0]
     print(f"DSP offset length: mean {after['offset_mean'][0]:.3f}, 90th percentile {after['offset_p90'][0]:.3f}")
-    assert 0.01 < after["offset_mean"][0] <= after["offset_p90"][0] <= 2.0
+    assert 0.01 < after["offset_mean"][0] <= after["offset_p90"][0] <= 2.0 * 2**0.5
     # Forcing alpha_1 = 0 after training still gives the frozen base
     assert headroom.held_out_scores(model, *held_out, "noisy_box", routing_weight=0.0)["miou"] == pytest.approx(
         base["miou"], abs=1e-6
