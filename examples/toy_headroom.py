@@ -190,7 +190,8 @@ def held_out_scores(
     groups: dict[str, torch.Tensor] | None = None,
     chunk_size: int = 64,
 ) -> dict:
-    """Loss, mIoU (%), mean `alpha_1` and DSP offset lengths (Stable-SAM only) of objects `masks` `(M, H, W)` with embeddings `(M, ...)`.
+    """Loss, mIoU (%), mean `alpha_1` and DSP offset lengths (Stable-SAM only) of objects `masks` `(M, H, W)` with
+    embeddings `(M, ...)`.
 
     Prompts are seeded by `seed` and the prompt type only, so every model sees the same ones. `groups` maps names to
     bool selections `(M,)` of the objects; their mIoU goes to `miou_by_group`.
@@ -236,16 +237,20 @@ def held_out_scores(
     }
 
 
-def box_share_inside(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Share of each object's pixels inside its box (`(M, 4)` xyxy in pixels; pixel centres inside the rounded box,
-    as `noisy_box_ambiguity` counts them). `masks` `(M, H, W)` bool -> `(M,)`."""
-    height, width = masks.shape[-2:]
+def box_regions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The pixels of each box (`(M, 4)` xyxy in pixels) whose centres lie inside the rounded box: `(M, H, W)` bool."""
     corners = boxes.round()
     rows = torch.arange(height, dtype=boxes.dtype)
     columns = torch.arange(width, dtype=boxes.dtype)
     in_rows = (rows[None] >= corners[:, 1:2]) & (rows[None] <= corners[:, 3:4])  # M x H
     in_columns = (columns[None] >= corners[:, 0:1]) & (columns[None] <= corners[:, 2:3])  # M x W
-    region = in_rows[:, :, None] & in_columns[:, None, :]
+    return in_rows[:, :, None] & in_columns[:, None, :]
+
+
+def box_share_inside(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of each object's pixels inside its box (`(M, 4)` xyxy, see `box_regions`). `masks` `(M, H, W)` bool ->
+    `(M,)`."""
+    region = box_regions(boxes, *masks.shape[-2:])
     return (masks & region).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1)
 
 
@@ -278,19 +283,16 @@ def noisy_box_ambiguity(labels: torch.Tensor, seed: int = 1) -> dict[str, float]
     gt_boxes = masks_to_boxes(masks)
     generator = torch.Generator().manual_seed(seed)
     boxes = noisy_boxes(gt_boxes, tuple(masks.shape[-2:]), noise_scale=0.4, min_iou=0.5, generator=generator)
-    nearer, inside, clutter = 0, [], []
+    regions = box_regions(boxes, *masks.shape[-2:])
+    inside = box_share_inside(boxes, masks)
+    nearer, clutter = 0, []
     for index in range(len(masks)):
         same = torch.nonzero(scene == scene[index]).flatten()
         ious = box_iou(boxes[index].expand(len(same), 4), gt_boxes[same])
         nearer += int(same[ious.argmax()] != index)
-        x0, y0, x1, y1 = boxes[index].round().long().tolist()
-        region = torch.zeros_like(masks[index])
-        region[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
-        target_in = (masks[index] & region).sum().item()
-        others_in = (masks[same].any(0) & ~masks[index] & region).sum().item()
-        inside.append(target_in / masks[index].sum().item())
+        target_in = (masks[index] & regions[index]).sum().item()
+        others_in = (masks[same].any(0) & ~masks[index] & regions[index]).sum().item()
         clutter.append(others_in / max(target_in, 1))
-    inside = torch.tensor(inside)
     return {
         "nearer_another_object": 100 * nearer / len(masks),
         "target_inside": 100 * inside.mean().item(),
@@ -361,8 +363,8 @@ def main(argv=None) -> dict:
         runs += [(f"stable (proj lr x{scale:g})", "stable", scale) for scale in args.projection_lr_scales]
     runs += [(method, method, 1.0) for method in ("decoder", "full") if method in args.methods]
     results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "runs": {}}
+    plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
     for name, method, scale in runs:
-        plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
         model = load_trainable(method, args.base_model, **(plugin_kwargs if method == "stable" else {}))
         trainable = 0
         losses = []
