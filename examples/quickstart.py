@@ -175,7 +175,8 @@ def side_by_side(args: QuickstartArguments, stable_run: Path, output_dir: Path) 
 
 
 def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
-    """mIoU per model and prompt type, one block per dataset, with alpha_1 and the trainable parameter count."""
+    """mIoU per model and prompt type, one block per dataset, with alpha_1 and the trainable parameter count, then
+    each model's difference to the frozen base with its bootstrap interval."""
     with (eval_dir / "results.csv").open() as stream:
         rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
     prompt_types = list(dict.fromkeys(row["prompt_type"] for row in rows))
@@ -199,6 +200,22 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
                 cells.append(cell)
             count = f"{trainable[model]:,}" if model in trainable else "0 (frozen)"
             lines.append(f"| {model} | {count} | " + " | ".join(cells) + " |")
+        lines += [
+            f"\n{label}: mIoU difference to the frozen base in points, on the same objects and prompts "
+            "[95 % bootstrap interval over the objects]",
+            "",
+            "| model | " + " | ".join(prompt_types) + " |",
+            "|---|" + "---:|" * len(prompt_types),
+        ]
+        for model in dict.fromkeys(row["model"] for row in rows if row["mIoU_diff"] not in ("", "None")):
+            cells = []
+            for prompt_type in prompt_types:
+                row = next(
+                    r for r in rows if (r["model"], r["dataset"], r["prompt_type"]) == (model, dataset, prompt_type)
+                )
+                low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
+                cells.append(f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

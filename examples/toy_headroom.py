@@ -32,7 +32,7 @@ from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import SAM_PIXEL_MEAN, SAM_PIXEL_STD, optimizer_parameter_groups, segmentation_loss
 from stable_sam_hf.metrics import mask_iou
 from stable_sam_hf.prompts import box_iou, masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
-from stable_sam_hf.synthetic import generate_scenes
+from stable_sam_hf.synthetic import SceneConfig, generate_scenes
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,13 @@ class ToyHeadroomArguments:
         metadata={"help": "Held-out prompt types."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of batches and prompts."})
+    scene_config: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Scene generator knobs for training and held-out scenes, `name=value` (SceneConfig fields), "
+            "e.g. `p_similar_colour=0 p_two_tone=0`: how the gaps change in a less ambiguous world."
+        },
+    )
 
     def __post_init__(self):
         for name in ("num_train_scenes", "num_eval_scenes", "max_train_steps", "images_per_step", "objects_per_image"):
@@ -90,6 +97,7 @@ class ToyHeadroomArguments:
         for prompt_type in self.prompt_types + self.eval_prompt_types:
             if parse_prompt_type(prompt_type)[0] not in ("box", "noisy_box", "points"):
                 raise ValueError(f"`prompt_types` may hold box, noisy_box and points_<k> only, got {prompt_type!r}.")
+        SceneConfig.from_strings(self.scene_config)
 
 
 def pixel_values(images) -> torch.Tensor:
@@ -347,11 +355,14 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     encoder = load_trainable("stable", args.base_model)
     size = encoder.config.vision_config.image_size
-    images, labels = generate_scenes(args.num_train_scenes, size=size, domain="train", seed=0)
+    scene_config = SceneConfig.from_strings(args.scene_config)
+    images, labels = generate_scenes(args.num_train_scenes, size=size, domain="train", seed=0, config=scene_config)
     embeddings, labels = encode_scenes(encoder, images), torch.from_numpy(labels)
     held_out, held_out_images, ambiguity = {}, {}, {}
     for domain in ("train", "shifted"):
-        held_images, held_labels = generate_scenes(args.num_eval_scenes, size=size, domain=domain, seed=1)
+        held_images, held_labels = generate_scenes(
+            args.num_eval_scenes, size=size, domain=domain, seed=1, config=scene_config
+        )
         scene, masks = all_objects(torch.from_numpy(held_labels))
         held_out[domain] = (encode_scenes(encoder, held_images)[scene], masks)
         held_out_images[domain] = (held_images, scene)

@@ -30,6 +30,7 @@ from stable_sam_hf.evaluation import (
     score_object,
 )
 from stable_sam_hf.methods import build_segmenter
+from stable_sam_hf.metrics import bootstrap_interval
 from stable_sam_hf.prompts import EVALUATION_PROMPT_TYPES, box_iou, masks_to_boxes
 
 from fixtures import load_prepare_script, make_hqseg_tree
@@ -220,6 +221,31 @@ def test_forced_alpha_zero_is_sam_and_alpha_is_recorded(first_run):
     assert any(r["mIoU"] != sam[(r["dataset"], r["prompt_type"])]["mIoU"] for r in predicted)
 
 
+def test_intervals_and_differences_to_the_reference(first_run):
+    rows = _csv_rows(first_run)
+    main = {(r["model"], r["routing_weight"], r["dataset"], r["prompt_type"]): r for r in rows}
+    records = [r for r in _records(first_run) if r["routing_weight"] is None and r["dataset"] != "COCO"]
+    for (model, weight, dataset, prompt_type), row in main.items():
+        low, miou, high = (float(row[c]) for c in ("mIoU_low", "mIoU", "mIoU_high"))
+        assert low <= miou <= high, (model, dataset, prompt_type)
+        if model == "sam":  # the reference has no difference to itself
+            assert row["mIoU_diff"] == row["mIoU_diff_low"] == row["mIoU_diff_high"] == ""
+            continue
+        sam = main[("sam", "", dataset, prompt_type)]
+        difference = float(row["mIoU_diff"])
+        # Same objects on both sides: the paired difference is the difference of the mIoUs
+        assert difference == pytest.approx(float(row["mIoU"]) - float(sam["mIoU"]), abs=1e-9)
+        assert float(row["mIoU_diff_low"]) <= difference <= float(row["mIoU_diff_high"])
+        if weight == "0.0":  # forced alpha_1 = 0 is SAM object by object: no spread at all
+            assert float(row["mIoU_diff_low"]) == float(row["mIoU_diff_high"]) == 0.0
+    # The interval comes from the per-object IoUs (one dataset, resampled with the same seed)
+    cell = [r for r in records if (r["model"], r["dataset"], r["prompt_type"]) == ("stable", "COIFT", "points_1")]
+    values = torch.tensor([float(np.nanmean(r["iou"])) for r in cell], dtype=torch.float64)
+    low, high = (100 * v for v in bootstrap_interval(values))
+    row = main[("stable", "", "COIFT", "points_1")]
+    assert (float(row["mIoU_low"]), float(row["mIoU_high"])) == pytest.approx((low, high))
+
+
 def test_every_model_sees_the_same_prompts(first_run):
     prompts = {}
     for record in _records(first_run):
@@ -247,7 +273,9 @@ def test_plots_and_markdown(first_run):
             image.load()
     table = (first_run / "results.md").read_text()
     assert "Prompt seed 0" in table and "`stable` = stable:" in table
-    assert table.count("| sam | ") == 6 + 1 and table.count("| stable | ") == 6 + 2 + 1  # main, sweep, COCO rows
+    # main, (stable:) difference to sam, sweep, COCO rows
+    assert table.count("| sam | ") == 6 + 1 and table.count("| stable | ") == 6 + 1 + 2 + 1
+    assert "mIoU difference to `sam`" in table
     assert "mAP50" in table
 
 
@@ -348,6 +376,10 @@ def test_bad_arguments_are_rejected(workspace, tmp_path):
         evaluate_model.parse_args([*base, "--dataset", "x", "--prompt_types", "coarse_mask"])
     with pytest.raises(ValueError, match="routing_weight"):
         evaluate_model.parse_args([*base, "--dataset", "x", "--routing_weight", "1.5"])
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        evaluate_model.parse_args([*base, "--dataset", "x", "--bootstrap_resamples", "-1"])
+    with pytest.raises(ValueError, match="reference_model"):
+        evaluate_model.main([*base, "--dataset", str(workspace / "data"), "--reference_model", "stable"])
     with pytest.raises(ValueError, match="unique"):
         evaluate_model.main(
             ["--models", f"sam:{workspace / 'sam'}", f"sam:{workspace / 'sam'}", "--dataset", str(workspace / "data")]

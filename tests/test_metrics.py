@@ -9,6 +9,7 @@ from stable_sam_hf import metrics
 from stable_sam_hf.metrics import (
     binarize_ground_truth,
     binarize_prediction,
+    bootstrap_interval,
     boundary_dilation,
     boundary_iou,
     load_metric,
@@ -337,3 +338,42 @@ def test_evaluate_module_grouped_stability(offline, tmp_path):
     assert result["mean_boundary_iou"] == pytest.approx(boundary_iou(masks, expanded).mean().item())
     assert result["stability"] == pytest.approx(stability(masks).mean().item())
     assert (result["num_objects"], result["num_skipped"]) == (3, 0)
+
+
+def test_bootstrap_interval_of_a_mean():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(2000, generator=generator, dtype=torch.float64)
+    low, high = bootstrap_interval(values, num_resamples=2000)
+    mean, half_width = values.mean().item(), 1.96 * values.std().item() / math.sqrt(len(values))
+    # The percentile interval of a mean of 2,000 normal values is the normal-theory one, within resampling noise
+    assert low < mean < high
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert bootstrap_interval(values, num_resamples=2000) == (low, high)  # seeded
+    assert bootstrap_interval(values, num_resamples=2000, seed=1) != (low, high)
+    narrower = bootstrap_interval(values, num_resamples=2000, confidence=0.5)
+    assert low < narrower[0] < narrower[1] < high
+    # NaN values (objects without a metric) are dropped; constant values have no spread
+    assert bootstrap_interval(torch.cat([values, torch.tensor([math.nan])]), num_resamples=2000) == (low, high)
+    assert bootstrap_interval(torch.full((5,), 0.25)) == (0.25, 0.25)
+    assert all(math.isnan(v) for v in bootstrap_interval([torch.tensor([math.nan])]))
+
+
+def test_bootstrap_interval_averages_group_means():
+    # Two datasets of very different sizes: the statistic is the mean of the two means, not the pooled mean
+    small = torch.full((10,), 1.0)
+    large = torch.zeros(1000)
+    assert bootstrap_interval([small, large]) == (0.5, 0.5)
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(50, generator=generator), torch.rand(500, generator=generator) + 1
+    low, high = bootstrap_interval([a, b], num_resamples=2000)
+    assert low < (a.mean().item() + b.mean().item()) / 2 < high
+    # Resampling within groups: the spread comes mostly from the small group (about its own half-width / 2)
+    half_width_a = bootstrap_interval(a, num_resamples=2000)
+    assert (high - low) == pytest.approx((half_width_a[1] - half_width_a[0]) / 2, rel=0.25)
+
+
+def test_bootstrap_interval_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_resamples"):
+        bootstrap_interval(torch.ones(3), num_resamples=0)
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_interval(torch.ones(3), confidence=1.0)

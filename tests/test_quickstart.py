@@ -53,6 +53,10 @@ def test_quickstart_reports_every_cell(quickstart_run):
         for dataset in ("DIS5K-VD", "COIFT"):
             for prompt_type in ("box", "noisy_box", "points_1", "points_3"):
                 assert (model, dataset, prompt_type) in cells
-    assert "held-out scenes" in (quickstart_run / "summary.md").read_text()
+    summary = (quickstart_run / "summary.md").read_text()
+    assert "held-out scenes" in summary and "mIoU difference to the frozen base" in summary
+    for row in rows:  # every trained model has its paired difference to the base, with an interval around it
+        if row["model"] != "base":
+            assert float(row["mIoU_diff_low"]) <= float(row["mIoU_diff"]) <= float(row["mIoU_diff_high"])
     with Image.open(quickstart_run / "compare_with_sam.png") as figure:
         assert figure.width > 200 and figure.height > 200

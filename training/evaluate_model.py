@@ -48,6 +48,7 @@ from stable_sam_hf.evaluation import (
     parse_model_spec,
     score_object,
 )
+from stable_sam_hf.metrics import bootstrap_interval
 from stable_sam_hf.prompts import EVALUATION_PROMPT_TYPES, parse_prompt_type
 
 
@@ -63,6 +64,11 @@ CSV_COLUMNS = (
     "dataset",
     "prompt_type",
     "mIoU",
+    "mIoU_low",
+    "mIoU_high",
+    "mIoU_diff",
+    "mIoU_diff_low",
+    "mIoU_diff_high",
     "mBIoU",
     "ST",
     "alpha_1",
@@ -125,6 +131,20 @@ class EvaluationArguments:
     )
     coco_min_iou: float = field(default=0.5, metadata={"help": "Lowest IoU of a COCO noisy box with the GT box."})
     coco_max_iou: float = field(default=0.6, metadata={"help": "IoU a COCO noisy box stays below."})
+    reference_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "NAME of the model the others are compared to (mIoU difference on the same objects and prompts, "
+            "with its interval); the first of `models` when unset."
+        },
+    )
+    bootstrap_resamples: int = field(
+        default=1000,
+        metadata={
+            "help": "Bootstrap resamples (objects resampled within each dataset) for the 95 %% intervals of mIoU and "
+            "of the difference to the reference model; 0 leaves intervals out."
+        },
+    )
 
     def __post_init__(self):
         if not self.models:
@@ -146,6 +166,8 @@ class EvaluationArguments:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
         if self.seed < 0:
             raise ValueError(f"`seed` must be >= 0, got {self.seed}.")
+        if self.bootstrap_resamples < 0:
+            raise ValueError(f"`bootstrap_resamples` must be >= 0 (0: no intervals), got {self.bootstrap_resamples}.")
         for weight in self.routing_weight or []:
             if not 0.0 <= weight <= 1.0:
                 raise ValueError(f"`routing_weight` values (forced alpha_1) must lie in [0, 1], got {weight}.")
@@ -450,10 +472,27 @@ def summarize_records(
     coco_ap: dict[str, tuple[float, float]],
     coco_skipped: dict[str, int],
 ) -> list[dict[str, Any]]:
-    """One row per model x routing weight x dataset x prompt type (plus the average over the HQ datasets)."""
+    """One row per model x routing weight x dataset x prompt type (plus the average over the HQ datasets).
+
+    Each row has a bootstrap interval of its mIoU and, except the reference model's own rows, the mIoU difference to
+    the reference model (its unforced rows) on the objects both have, with a paired interval.
+    """
     cells = defaultdict(list)
     for record in sorted(records, key=lambda r: (r["dataset"], r["id"])):
         cells[(record["model"], record["routing_weight"], record["dataset"], record["prompt_type"])].append(record)
+    reference = args.reference_model or specs[0].name
+    object_iou = {key: {record["id"]: _mean(record["iou"]) for record in cell} for key, cell in cells.items()}
+
+    def add_intervals(row: dict[str, Any], datasets: list[str]) -> None:
+        model, weight, prompt_type = row["model"], row["routing_weight"], row["prompt_type"]
+        groups = [object_iou.get((model, weight, dataset, prompt_type), {}) for dataset in datasets]
+        compared = (
+            None
+            if (model, weight) == (reference, None)
+            else [object_iou.get((reference, None, dataset, prompt_type), {}) for dataset in datasets]
+        )
+        row.update(_intervals(groups, compared, args.bootstrap_resamples))
+
     rows = []
     for spec in specs:
         weights = sorted({key[1] for key in cells if key[0] == spec.name}, key=lambda w: (w is not None, w or 0.0))
@@ -464,17 +503,46 @@ def summarize_records(
                 for dataset in datasets:
                     cell = cells.get((spec.name, weight, dataset, prompt_type), [])
                     row = _row(spec, args, weight, dataset, prompt_type, cell, skipped[spec.name][dataset].total())
+                    add_intervals(row, [dataset])
                     rows.append(row)
                     per_dataset.append(row)
                 if per_dataset:
-                    rows.append(_average_row(spec, args, weight, prompt_type, per_dataset))
+                    row = _average_row(spec, args, weight, prompt_type, per_dataset)
+                    add_intervals(row, [r["dataset"] for r in per_dataset if r["num_objects"]])
+                    rows.append(row)
         if spec.name in coco_ap:
             cell = cells.get((spec.name, None, COCO_DATASET, COCO_PROMPT_TYPE), [])
             row = _row(spec, args, None, COCO_DATASET, COCO_PROMPT_TYPE, cell, coco_skipped[spec.name])
             row["mAP"], row["mAP50"] = (100 * value for value in coco_ap[spec.name])
             row["num_prompts"] = 1
+            add_intervals(row, [COCO_DATASET])
             rows.append(row)
     return rows
+
+
+def _intervals(
+    groups: list[dict[str, float]], reference: list[dict[str, float]] | None, num_resamples: int
+) -> dict[str, float | None]:
+    """mIoU's bootstrap interval from per-object IoUs `{id: iou}` (one dict per dataset), and the mIoU difference
+    to `reference` (same layout) on the objects both have, with its paired interval; all in %."""
+    row = {column: None for column in ("mIoU_low", "mIoU_high", "mIoU_diff", "mIoU_diff_low", "mIoU_diff_high")}
+    values = [torch.tensor(list(group.values()), dtype=torch.float64) for group in groups if group]
+    if num_resamples and values:
+        row["mIoU_low"], row["mIoU_high"] = (100 * v for v in bootstrap_interval(values, num_resamples=num_resamples))
+    if reference is None:
+        return row
+    differences = []
+    for group, other in zip(groups, reference):
+        common = [key for key in group if key in other]
+        if common:
+            differences.append(torch.tensor([group[key] - other[key] for key in common], dtype=torch.float64))
+    means = [d.nanmean() for d in differences if not torch.isnan(d).all()]
+    if means:
+        row["mIoU_diff"] = 100 * torch.stack(means).mean().item()
+        if num_resamples:
+            interval = bootstrap_interval(differences, num_resamples=num_resamples)
+            row["mIoU_diff_low"], row["mIoU_diff_high"] = (100 * v for v in interval)
+    return row
 
 
 def _row(spec, args, weight, dataset, prompt_type, cell, num_skipped) -> dict[str, Any]:
@@ -543,7 +611,18 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
         "",
     ]
     if hq:
-        header = ["model", "prompt", "mIoU", "mBIoU", "ST", "alpha_1", *datasets, "objects", "skipped"]
+        header = [
+            "model",
+            "prompt",
+            "mIoU",
+            "95 % interval",
+            "mBIoU",
+            "ST",
+            "alpha_1",
+            *datasets,
+            "objects",
+            "skipped",
+        ]
         lines += [_md_row(header), _md_row(["---"] * len(header))]
         by_cell = {(r["model"], r["routing_weight"], r["dataset"], r["prompt_type"]): r for r in hq}
         for spec in specs:
@@ -558,6 +637,7 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
                             spec.name,
                             prompt_type,
                             _format(average["mIoU"]),
+                            _interval(average["mIoU_low"], average["mIoU_high"]),
                             _format(average["mBIoU"]),
                             _format(average["ST"]),
                             _format(average["alpha_1"], 3),
@@ -567,6 +647,24 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
                         ]
                     )
                 )
+        reference = args.reference_model or specs[0].name
+        compared = [spec for spec in specs if spec.name != reference]
+        if compared:
+            lines += [
+                "",
+                f"mIoU difference to `{reference}` in points (average over the datasets), on the same objects and "
+                "prompts; in brackets its 95 % bootstrap interval (objects resampled within each dataset; the "
+                "evaluation's sampling only, not the variation between training runs):",
+                "",
+            ]
+            header = ["model", *args.prompt_types]
+            lines += [_md_row(header), _md_row(["---"] * len(header))]
+            for spec in compared:
+                cells = []
+                for prompt_type in args.prompt_types:
+                    row = by_cell.get((spec.name, None, AVERAGE, prompt_type))
+                    cells.append("-" if row is None else _difference(row))
+                lines.append(_md_row([spec.name, *cells]))
         sweep = [r for r in hq if r["dataset"] == AVERAGE and r["routing_weight"] is not None]
         if sweep:
             lines += ["", "mIoU (%) with alpha_1 forced (average over the datasets):", ""]
@@ -587,6 +685,22 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
                 _md_row([row["model"], *map(_format, values), str(row["num_objects"]), str(row["num_skipped"])])
             )
     return "\n".join(lines) + "\n"
+
+
+def _interval(low, high) -> str:
+    if low is None or high is None:
+        return "-"
+    return f"[{low:.1f}, {high:.1f}]"
+
+
+def _difference(row: dict[str, Any]) -> str:
+    """`+1.2 [+0.4, +2.0]`: a row's mIoU difference to the reference model and its interval."""
+    if row["mIoU_diff"] is None:
+        return "-"
+    text = f"{row['mIoU_diff']:+.1f}"
+    if row["mIoU_diff_low"] is not None:
+        text += f" [{row['mIoU_diff_low']:+.1f}, {row['mIoU_diff_high']:+.1f}]"
+    return text
 
 
 def _md_row(cells: list[str]) -> str:
@@ -672,6 +786,8 @@ def main(argv=None) -> list[dict[str, Any]]:
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"Model names must be unique, got {names}: name them as NAME=METHOD:PATH.")
+    if args.reference_model is not None and args.reference_model not in names:
+        raise ValueError(f"`reference_model` must be one of the models' names {names}, got {args.reference_model!r}.")
     coco = None
     if args.coco_annotations is not None:
         if not Path(args.coco_annotations).is_file():

@@ -23,6 +23,9 @@ import torch.nn.functional as F
 # so it is exact.
 _PIXEL_CHUNK = 2**20
 
+# Resampled values held at once by `bootstrap_interval`
+_BOOTSTRAP_CHUNK = 2**22
+
 EVALUATE_MODULE_PATH = Path(__file__).parent / "evaluate_metrics" / "stable_sam_metrics"
 
 
@@ -286,6 +289,56 @@ def summarize(values: torch.Tensor) -> MetricSummary:
     return MetricSummary(mean=mean, num_objects=num_objects, num_skipped=values.numel() - num_objects)
 
 
+def bootstrap_interval(
+    groups, *, num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """
+    Percentile bootstrap interval of a mean of per-object values (objects resampled with replacement).
+
+    With several groups (datasets) the statistic is the mean of the group means, as in an evaluation table's average
+    over datasets, and objects are resampled within their group. Pass per-object differences between two models on
+    the same objects and prompts for a paired interval of their difference.
+
+    Args:
+        groups (`torch.Tensor` or sequence of `torch.Tensor`):
+            Per-object values, one 1-D tensor (or list of floats) per group; NaN values are dropped.
+        num_resamples (`int`, *optional*, defaults to 1000):
+            Bootstrap resamples.
+        confidence (`float`, *optional*, defaults to 0.95):
+            Coverage of the interval, in (0, 1).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the resampling, so intervals are repeatable.
+
+    Returns:
+        `tuple[float, float]`: the interval's ends, NaN when no group has a value.
+    """
+    if isinstance(groups, torch.Tensor):
+        groups = [groups]
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 1:
+        raise ValueError(f"`num_resamples` must be a positive integer, got {num_resamples!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}.")
+    generator = torch.Generator().manual_seed(seed)
+    statistic, num_groups = torch.zeros(num_resamples, dtype=torch.float64), 0
+    for values in groups:
+        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        values = values[~torch.isnan(values)]
+        if not len(values):
+            continue
+        chunk = max(1, _BOOTSTRAP_CHUNK // len(values))  # resamples drawn at once, to bound memory
+        for start in range(0, num_resamples, chunk):
+            count = min(chunk, num_resamples - start)
+            picks = torch.randint(len(values), (count, len(values)), generator=generator)
+            statistic[start : start + count] += values[picks].mean(dim=1)
+        num_groups += 1
+    if not num_groups:
+        return math.nan, math.nan
+    statistic /= num_groups
+    tail = (1.0 - confidence) / 2
+    low, high = torch.quantile(statistic, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
 def load_metric(config_name: str | None = None, **kwargs):
     """
     Load these metrics as an `evaluate` module (works offline: the module ships with the package).
@@ -318,6 +371,7 @@ __all__ = [
     "EVALUATE_MODULE_PATH",
     "MetricSummary",
     "binarize_ground_truth",
+    "bootstrap_interval",
     "binarize_prediction",
     "boundary_dilation",
     "boundary_iou",

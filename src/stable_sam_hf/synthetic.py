@@ -31,7 +31,7 @@ both files in one folder as in HQ-SAM's `cascade_psp` datasets.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -120,6 +120,27 @@ class SceneConfig:
             )
         if self.max_noise_std < 0:
             raise ValueError(f"`max_noise_std` must be >= 0, got {self.max_noise_std}.")
+
+    @classmethod
+    def from_strings(cls, settings) -> "SceneConfig":
+        """A config from `name=value` strings (a command line's), the other knobs at their defaults.
+
+        Example: `SceneConfig.from_strings(["p_similar_colour=0", "max_objects=5"])`.
+        """
+        types = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for setting in settings:
+            name, sep, value = str(setting).partition("=")
+            name = name.strip()
+            if not sep or name not in types:
+                raise ValueError(
+                    f"`scene_config` entries must be `name=value` with a name among {sorted(types)}, got {setting!r}."
+                )
+            try:
+                values[name] = int(value) if types[name] in (int, "int") else float(value)
+            except ValueError:
+                raise ValueError(f"`scene_config` entry {setting!r}: {value!r} is not a number.") from None
+        return cls(**values)
 
 
 @dataclass
