@@ -30,7 +30,7 @@ from transformers.utils import logging as transformers_logging
 
 from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import SAM_PIXEL_MEAN, SAM_PIXEL_STD, optimizer_parameter_groups, segmentation_loss
-from stable_sam_hf.metrics import mask_iou
+from stable_sam_hf.metrics import bootstrap_interval, mask_iou
 from stable_sam_hf.prompts import box_iou, masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
 from stable_sam_hf.synthetic import SceneConfig, generate_scenes
 
@@ -236,6 +236,7 @@ def held_out_scores(
     return {
         "loss": loss / len(masks),
         "miou": 100 * ious.mean().item(),
+        "object_iou": ious,  # per object, for paired differences between runs (not written to results.json)
         "alpha_1": torch.cat(alphas).mean().item() if alphas else None,
         # Length of the DSP sampling offsets in image-embedding pixels, per plugin layer: mean and 90th percentile
         "offset_mean": offset_lengths.mean(1).tolist() if offset_lengths is not None else None,
@@ -342,6 +343,27 @@ def _table(results: dict, prompt_types: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _difference_table(results: dict, prompt_types: list[str]) -> str:
+    lines = [
+        "",
+        "held-out `train` scenes: mIoU difference to the base in points, on the same objects and prompts "
+        "[95 % bootstrap interval over the objects]",
+        "",
+        "| run | " + " | ".join(prompt_types) + " |",
+        "|---|" + "---:|" * len(prompt_types),
+    ]
+    for name, run in results["runs"].items():
+        if name == "base":
+            continue
+        cells = []
+        for prompt_type in prompt_types:
+            score = run["eval"]["train"][prompt_type]
+            low, high = score["miou_diff_interval"]
+            cells.append(f"{score['miou_diff']:+.1f} [{low:+.1f}, {high:+.1f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     (args,) = HfArgumentParser(ToyHeadroomArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -419,14 +441,25 @@ def main(argv=None) -> dict:
             for domain in held_out
         }
         if name == "base":
+            base_ious = {
+                (domain, prompt_type): score["object_iou"]
+                for domain, scores in evaluation.items()
+                for prompt_type, score in scores.items()
+            }
             for scores in evaluation.values():
                 for score in scores.values():
                     score["alpha_1"] = None
+        for domain, scores in evaluation.items():
+            for prompt_type, score in scores.items():
+                # Paired with the base on the same objects and prompts: the difference and its 95 % bootstrap interval
+                difference = score.pop("object_iou") - base_ious[(domain, prompt_type)]
+                score["miou_diff"] = 100 * difference.mean().item()
+                score["miou_diff_interval"] = [100 * v for v in bootstrap_interval(difference)]
         results["runs"][name] = {"trainable": trainable, "losses": losses, "eval": evaluation}
         summary = ", ".join(f"{t} {evaluation['train'][t]['miou']:.1f}" for t in args.eval_prompt_types)
         logger.info("%s held-out [train]: %s", name, summary)
 
-    table = _table(results, args.eval_prompt_types)
+    table = _table(results, args.eval_prompt_types) + _difference_table(results, args.eval_prompt_types)
     alpha_lines = [
         "",
         f"Stable-SAM mean alpha_1 on held-out `train` scenes, and how far DSP samples (offset_range {args.offset_range:g})",
