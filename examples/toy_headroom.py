@@ -4,14 +4,16 @@ The offline demo's Stable-SAM gains are small. This script asks why, on the ship
 image embeddings of synthetic scenes (no augmentation, so hundreds of steps take a minute or two), the Stable-SAM
 plugins (once per `--projection_lr_scales` value) and, as an upper bound for anything that leaves the image encoder
 frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ... full` adds the whole model, encoder
-included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both
-synthetic domains, by object shape, and under noisy boxes by whether the box cuts its target; Stable-SAM's mean
-`alpha_1` per prompt type (the paper's Table 7) and how far its DSP offsets move.
+included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both synthetic domains, by
+object shape, and under noisy boxes by whether the box cuts its target; each run's paired difference to the base with
+a bootstrap interval; Stable-SAM's mean `alpha_1` per prompt type (the paper's Table 7) and how far its DSP offsets
+move. `--scene_config` changes the scenes (training and held-out alike) to ask how the gaps depend on the world.
 
     python examples/toy_headroom.py                       # 12.5 minutes on 2 CPU cores
     python examples/toy_headroom.py --methods stable decoder full   # and the whole model
     python examples/toy_headroom.py --max_train_steps 1600 --projection_lr_scales 0.1   # the paper's budget
     python examples/toy_headroom.py --projection_lr_scales 0.1 --methods stable --plugin_layers 0 1 --offset_range 4
+    python examples/toy_headroom.py --projection_lr_scales 0.1 --scene_config p_similar_colour=0 p_two_tone=0
 
 `tests/test_plugin_training.py` runs the same loop on a reduced budget.
 """

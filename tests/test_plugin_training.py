@@ -114,6 +114,10 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         headroom.main(["--output_dir", str(tmp_path), "--offset_range", "0"])
     with pytest.raises(ValueError, match="box, noisy_box and points_<k> only"):
         headroom.main(["--output_dir", str(tmp_path), "--prompt_types", "coarse_mask"])
+    with pytest.raises(ValueError, match="`scene_config` entries must be `name=value`"):
+        headroom.main(["--output_dir", str(tmp_path), "--scene_config", "p_colour=0"])
+    with pytest.raises(ValueError, match="p_touch"):  # SceneConfig's own range check
+        headroom.main(["--output_dir", str(tmp_path), "--scene_config", "p_touch=2"])
 
 
 def test_noisy_box_ambiguity_of_a_lone_object_and_of_a_nested_pair(headroom):

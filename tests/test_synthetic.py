@@ -142,6 +142,23 @@ class TestSceneGenerator:
         with pytest.raises(ValueError, match="p_touch"):
             SceneConfig(p_touch=1.5)
 
+    def test_config_from_command_line_strings(self):
+        config = SceneConfig.from_strings(["p_similar_colour=0", "max_objects=5", " min_radius = 0.1"])
+        assert config == SceneConfig(p_similar_colour=0.0, max_objects=5, min_radius=0.1)
+        assert isinstance(config.max_objects, int)
+        assert SceneConfig.from_strings([]) == SceneConfig()
+        # The scenes follow the knobs: at most 5 objects
+        assert max(int(generate_scene_labels(i, config=config)[1].max()) for i in range(6)) <= 5
+        for bad, message in (
+            (["colour=0"], "name=value"),
+            (["p_touch"], "name=value"),
+            (["p_touch=high"], "not a number"),
+            (["max_objects=2.5"], "not a number"),
+            (["p_touch=1.5"], "p_touch"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                SceneConfig.from_strings(bad)
+
 
 class TestWriteSceneTree:
     def test_writes_decodable_pairs_matching_the_scenes(self, tmp_path):
