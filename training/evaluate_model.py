@@ -12,7 +12,9 @@ Each object is prompted `--num_prompts` times per prompt type (the GT box once: 
 type t for object o of dataset d comes from a generator seeded by (seed, d, o, t, k), so every model sees the same
 prompts. Per-object results are appended to `<output_dir>/per_object.rank<N>.jsonl` as they are computed; a rerun with
 the same settings reuses them and computes only what is missing, so an interrupted run loses nothing. Then
-`results.csv`, `results.md` and PNG plots are written and the table is printed.
+`results.csv`, `results.md` and PNG plots are written and the table is printed: every mIoU with a 95 % bootstrap
+interval (objects resampled within each dataset) and every model's mIoU difference to `--reference_model` (the first
+model by default) on the same objects and prompts, with its paired interval.
 """
 
 import csv
