@@ -180,6 +180,7 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
     with (eval_dir / "results.csv").open() as stream:
         rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
     prompt_types = list(dict.fromkeys(row["prompt_type"] for row in rows))
+    by_cell = {(row["model"], row["dataset"], row["prompt_type"]): row for row in rows}
     lines = []
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
         label = DATASET_LABELS.get(dataset, dataset)
@@ -191,9 +192,7 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
         for model in dict.fromkeys(row["model"] for row in rows):
             cells = []
             for prompt_type in prompt_types:
-                row = next(
-                    r for r in rows if (r["model"], r["dataset"], r["prompt_type"]) == (model, dataset, prompt_type)
-                )
+                row = by_cell[(model, dataset, prompt_type)]
                 cell = f"{float(row['mIoU']):.1f}"
                 if row["alpha_1"] not in ("", "None"):
                     cell += f" (a1 {float(row['alpha_1']):.2f})"
@@ -210,9 +209,7 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
         for model in dict.fromkeys(row["model"] for row in rows if row["mIoU_diff"] not in ("", "None")):
             cells = []
             for prompt_type in prompt_types:
-                row = next(
-                    r for r in rows if (r["model"], r["dataset"], r["prompt_type"]) == (model, dataset, prompt_type)
-                )
+                row = by_cell[(model, dataset, prompt_type)]
                 low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
                 cells.append(f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
