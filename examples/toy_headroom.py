@@ -42,6 +42,8 @@ TOY_BASE = ROOT / "models" / "toy-sam-128"
 METHODS = ("stable", "decoder", "full")
 METHOD_LEARNING_RATES = {"stable": 1e-3, "decoder": 1e-4, "full": 1e-4}  # as the quickstart
 ALPHA_PROMPT_TYPES = ("box", "noisy_box", "points_1", "points_3", "points_10")
+# Clean prompts, as the base was trained (`train_toy_base.py`: GT boxes about half the time, else 3-10 points)
+BASE_PROMPT_TYPES = ("box", "points_3", "box", "points_5", "box", "points_10")
 
 logger = logging.getLogger("toy_headroom")
 
@@ -77,6 +79,24 @@ class ToyHeadroomArguments:
         metadata={"help": "Held-out prompt types."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of batches and prompts."})
+    base_decoder_steps: int = field(
+        default=0,
+        metadata={
+            "help": "First train the base's mask decoder for this many steps on the cached embeddings with clean "
+            "prompts only (GT boxes, 3, 5, 10 points; Adam at `base_decoder_lr`), the way the base was trained; "
+            "every run then starts from that base. With `object_features` this adapts the base to the changed "
+            "features; alone it is the control."
+        },
+    )
+    base_decoder_lr: float = field(default=1e-4, metadata={"help": "Learning rate of `base_decoder_steps`."})
+    object_features: float = field(
+        default=0.0,
+        metadata={
+            "help": "Oracle features: add to every image embedding, over each object's pixels, a random direction of "
+            "this length times the embeddings' mean per-pixel norm (a new direction per object and scene, none for "
+            "the background), so the features carry the objects exactly. Needs `base_decoder_steps`."
+        },
+    )
     scene_config: list[str] = field(
         default_factory=list,
         metadata={
@@ -86,6 +106,17 @@ class ToyHeadroomArguments:
     )
 
     def __post_init__(self):
+        if self.base_decoder_steps < 0 or self.object_features < 0:
+            raise ValueError(
+                f"`base_decoder_steps` and `object_features` must be >= 0, got {self.base_decoder_steps} and "
+                f"{self.object_features}."
+            )
+        if not self.base_decoder_lr > 0:
+            raise ValueError(f"`base_decoder_lr` must be > 0, got {self.base_decoder_lr}.")
+        if self.object_features > 0 and "full" in self.methods:
+            raise ValueError("`object_features` works on cached embeddings: drop `full` from `methods`.")
+        if self.object_features > 0 and self.base_decoder_steps == 0:
+            raise ValueError("`object_features` needs `base_decoder_steps` > 0: the frozen base never saw such features.")
         for name in ("num_train_scenes", "num_eval_scenes", "max_train_steps", "images_per_step", "objects_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
@@ -116,6 +147,21 @@ def encode_scenes(model: SamModel, images, chunk_size: int = 64) -> torch.Tensor
     return torch.cat(
         [model.get_image_embeddings(pixels[i : i + chunk_size]) for i in range(0, len(pixels), chunk_size)]
     )
+
+
+def add_object_features(
+    embeddings: torch.Tensor, labels: torch.Tensor, strength: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Image embeddings `(N, C, h, w)` of scenes `labels` `(N, H, W)` plus, over each object's pixels, a random
+    direction of length `strength` times the mean per-pixel norm of `embeddings` (a new one per object and scene;
+    weighted by the share of each embedding pixel the object covers; nothing for the background)."""
+    num_scenes, channels, height, width = embeddings.shape
+    num_ids = int(labels.max()) + 1
+    cover = F.one_hot(labels.long(), num_ids).permute(0, 3, 1, 2).float()  # N x K+1 x H x W
+    cover = F.adaptive_avg_pool2d(cover, (height, width))[:, 1:]  # object shares per embedding pixel, N x K x h x w
+    directions = F.normalize(torch.randn(num_scenes, num_ids - 1, channels, generator=generator), dim=-1)
+    length = strength * embeddings.norm(dim=1).mean()
+    return embeddings + length * torch.einsum("nkhw,nkc->nchw", cover, directions)
 
 
 def all_objects(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,16 +428,48 @@ def main(argv=None) -> dict:
     scene_config = SceneConfig.from_strings(args.scene_config)
     images, labels = generate_scenes(args.num_train_scenes, size=size, domain="train", seed=0, config=scene_config)
     embeddings, labels = encode_scenes(encoder, images), torch.from_numpy(labels)
+    oracle = torch.Generator().manual_seed(args.seed + 2)
+    if args.object_features > 0:
+        embeddings = add_object_features(embeddings, labels, args.object_features, oracle)
     held_out, held_out_images, ambiguity = {}, {}, {}
     for domain in ("train", "shifted"):
         held_images, held_labels = generate_scenes(
             args.num_eval_scenes, size=size, domain=domain, seed=1, config=scene_config
         )
-        scene, masks = all_objects(torch.from_numpy(held_labels))
-        held_out[domain] = (encode_scenes(encoder, held_images)[scene], masks)
+        held_labels = torch.from_numpy(held_labels)
+        scene, masks = all_objects(held_labels)
+        held_embeddings = encode_scenes(encoder, held_images)
+        if args.object_features > 0:
+            held_embeddings = add_object_features(held_embeddings, held_labels, args.object_features, oracle)
+        held_out[domain] = (held_embeddings[scene], masks)
         held_out_images[domain] = (held_images, scene)
-        ambiguity[domain] = noisy_box_ambiguity(torch.from_numpy(held_labels))
+        ambiguity[domain] = noisy_box_ambiguity(held_labels)
     logger.info("scenes generated and encoded in %.0f s", time.perf_counter() - start)
+
+    base_model = args.base_model
+    if args.base_decoder_steps:  # the base's decoder trained on (these) embeddings with clean prompts only
+        model = load_trainable("decoder", base_model)
+        run_start = time.perf_counter()
+        losses = train_on_embeddings(
+            model,
+            embeddings,
+            labels,
+            steps=args.base_decoder_steps,
+            prompt_types=BASE_PROMPT_TYPES,
+            learning_rate=args.base_decoder_lr,
+            images_per_step=args.images_per_step,
+            objects_per_image=args.objects_per_image,
+            seed=args.seed + 1,
+        )
+        base_model = str(output_dir / "base")
+        model.save_pretrained(base_model)
+        logger.info(
+            "base decoder: %d steps with clean prompts in %.0f s, loss %.3f -> %.3f (means of the first and last 50)",
+            args.base_decoder_steps,
+            time.perf_counter() - run_start,
+            sum(losses[:50]) / len(losses[:50]),
+            sum(losses[-50:]) / len(losses[-50:]),
+        )
 
     runs = [("base", "stable", None)]
     if "stable" in args.methods:
@@ -400,7 +478,7 @@ def main(argv=None) -> dict:
     results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "runs": {}}
     plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
     for name, method, scale in runs:
-        model = load_trainable(method, args.base_model, **(plugin_kwargs if method == "stable" else {}))
+        model = load_trainable(method, base_model, **(plugin_kwargs if method == "stable" else {}))
         trainable = 0
         losses = []
         if scale is not None:

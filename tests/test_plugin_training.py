@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stable_sam_hf.metrics import bootstrap_interval
 
@@ -118,6 +119,33 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         headroom.main(["--output_dir", str(tmp_path), "--scene_config", "p_colour=0"])
     with pytest.raises(ValueError, match="p_touch"):  # SceneConfig's own range check
         headroom.main(["--output_dir", str(tmp_path), "--scene_config", "p_touch=2"])
+    with pytest.raises(ValueError, match="`object_features` needs `base_decoder_steps`"):
+        headroom.main(["--output_dir", str(tmp_path), "--object_features", "0.5"])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        headroom.main(["--output_dir", str(tmp_path), "--base_decoder_steps", "-1"])
+    with pytest.raises(ValueError, match="drop `full`"):
+        headroom.main(
+            ["--output_dir", str(tmp_path), "--methods", "full", "--object_features", "1", "--base_decoder_steps", "1"]
+        )
+
+
+def test_object_features_mark_each_object_with_its_own_direction(headroom):
+    labels = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    labels[:, 0:16, 0:16] = 1  # object 1 fills the top-left embedding pixel of a 2 x 2 grid
+    labels[:, 16:32, 16:24] = 2  # object 2 covers half of the bottom-right one
+    embeddings = torch.randn(2, 8, 2, 2)
+    generator = torch.Generator().manual_seed(0)
+    added = headroom.add_object_features(embeddings, labels, 0.5, generator) - embeddings
+    length = 0.5 * embeddings.norm(dim=1).mean()
+    # Full length where an object covers the pixel, half where it covers half, nothing on the background
+    assert torch.allclose(added[:, :, 0, 0].norm(dim=1), length.expand(2))
+    assert torch.allclose(added[:, :, 1, 1].norm(dim=1), 0.5 * length.expand(2))
+    assert added[:, :, 0, 1].abs().max() == 0 and added[:, :, 1, 0].abs().max() == 0
+    # A new direction per object and per scene
+    first = F.normalize(added[:, :, 0, 0], dim=1)
+    second = F.normalize(added[:, :, 1, 1], dim=1)
+    assert (first * second).sum(1).abs().max() < 0.99
+    assert (first[0] * first[1]).sum().abs() < 0.99
 
 
 def test_noisy_box_ambiguity_of_a_lone_object_and_of_a_nested_pair(headroom):
