@@ -7,13 +7,17 @@ frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ..
 included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both synthetic domains, by
 object shape, and under noisy boxes by whether the box cuts its target; each run's paired difference to the base with
 a bootstrap interval; Stable-SAM's mean `alpha_1` per prompt type (the paper's Table 7) and how far its DSP offsets
-move. `--scene_config` changes the scenes (training and held-out alike) to ask how the gaps depend on the world.
+move. `--scene_config` changes the scenes (training and held-out alike) to ask how the gaps depend on the world;
+`--object_features` adds a mark of each object to the image features (an oracle the decoder first learns to read in
+`--base_decoder_steps` of clean-prompt training) to ask how they depend on the features.
 
     python examples/toy_headroom.py                       # 12.5 minutes on 2 CPU cores
     python examples/toy_headroom.py --methods stable decoder full   # and the whole model
     python examples/toy_headroom.py --max_train_steps 1600 --projection_lr_scales 0.1   # the paper's budget
     python examples/toy_headroom.py --projection_lr_scales 0.1 --methods stable --plugin_layers 0 1 --offset_range 4
     python examples/toy_headroom.py --projection_lr_scales 0.1 --scene_config p_similar_colour=0 p_two_tone=0
+    python examples/toy_headroom.py --projection_lr_scales 0.1 --base_decoder_steps 3000 --base_decoder_lr 3e-4 \
+        --object_features 1      # features that mark each object; without --object_features: the control
 
 `tests/test_plugin_training.py` runs the same loop on a reduced budget.
 """
@@ -116,7 +120,9 @@ class ToyHeadroomArguments:
         if self.object_features > 0 and "full" in self.methods:
             raise ValueError("`object_features` works on cached embeddings: drop `full` from `methods`.")
         if self.object_features > 0 and self.base_decoder_steps == 0:
-            raise ValueError("`object_features` needs `base_decoder_steps` > 0: the frozen base never saw such features.")
+            raise ValueError(
+                "`object_features` needs `base_decoder_steps` > 0: the frozen base never saw such features."
+            )
         for name in ("num_train_scenes", "num_eval_scenes", "max_train_steps", "images_per_step", "objects_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")

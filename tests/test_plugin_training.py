@@ -123,6 +123,8 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         headroom.main(["--output_dir", str(tmp_path), "--object_features", "0.5"])
     with pytest.raises(ValueError, match="must be >= 0"):
         headroom.main(["--output_dir", str(tmp_path), "--base_decoder_steps", "-1"])
+    with pytest.raises(ValueError, match="`base_decoder_lr` must be > 0"):
+        headroom.main(["--output_dir", str(tmp_path), "--base_decoder_lr", "0"])
     with pytest.raises(ValueError, match="drop `full`"):
         headroom.main(
             ["--output_dir", str(tmp_path), "--methods", "full", "--object_features", "1", "--base_decoder_steps", "1"]
