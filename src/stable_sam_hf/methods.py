@@ -10,6 +10,7 @@ Appendix of the Stable-SAM paper, "LoRA and adapters": the adapters and LoRA sit
 "SAM's prediction layer" trains with them; here that is the mask decoder's hypernetwork MLPs.
 """
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -283,9 +284,12 @@ def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pre
     from peft import LoraConfig, get_peft_model
 
     _freeze_all_but(model, lambda name: False)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGET_MODULES)
-    )
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: its warning is not the user's to fix
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(
+            model, LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGET_MODULES)
+        )
     for name, param in peft_model.named_parameters():
         if name.removeprefix("base_model.model.").startswith(PREDICTION_HEAD_PREFIXES):
             param.requires_grad_(True)
