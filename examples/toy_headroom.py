@@ -69,6 +69,13 @@ class ToyHeadroomArguments:
         metadata={"help": "Two-way layers that get the plugins (the paper: [1]; [0, 1] is the both-layers ablation)."},
     )
     offset_range: float = field(default=2.0, metadata={"help": "Largest DSP offset, in image-embedding pixels."})
+    offset_init_std: float = field(
+        default=0.0,
+        metadata={
+            "help": "Start the last DSP offset layer at random weights of this std instead of zero (seeded by `seed`), "
+            "so that offsets and hence alpha's gradient are nonzero from the first step. alpha_1 = 0 is still SAM."
+        },
+    )
     num_train_scenes: int = field(default=1000, metadata={"help": "Training scenes (domain `train`, seed 0)."})
     num_eval_scenes: int = field(default=300, metadata={"help": "Held-out scenes per domain (seed 1)."})
     max_train_steps: int = field(default=400, metadata={"help": "Optimizer steps per run."})
@@ -131,6 +138,8 @@ class ToyHeadroomArguments:
             raise ValueError(f"`methods` must be among {list(METHODS)}, got {self.methods}.")
         if not self.offset_range > 0:
             raise ValueError(f"`offset_range` must be > 0, got {self.offset_range}.")
+        if self.offset_init_std < 0:
+            raise ValueError(f"`offset_init_std` must be >= 0, got {self.offset_init_std}.")
         if any(scale <= 0 for scale in self.projection_lr_scales):
             raise ValueError(f"`projection_lr_scales` must be > 0, got {self.projection_lr_scales}.")
         for prompt_type in self.prompt_types + self.eval_prompt_types:
@@ -377,6 +386,15 @@ def load_trainable(method: str, base_model: str, **plugin_kwargs) -> SamModel:
     return model.eval()
 
 
+@torch.no_grad()
+def randomise_offsets_(model: StableSamModel, std: float, generator: torch.Generator) -> None:
+    """Draws the weights of every plugin layer's last DSP offset layer from N(0, std^2) (its bias stays zero)."""
+    for layer in model.mask_decoder.transformer.layers:
+        if getattr(layer, "dsp", None) is not None:
+            weight = layer.dsp.offset_proj.weight
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+
+
 def _table(results: dict, prompt_types: list[str]) -> str:
     lines = []
     for domain in ("train", "shifted"):
@@ -485,6 +503,8 @@ def main(argv=None) -> dict:
     plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
     for name, method, scale in runs:
         model = load_trainable(method, base_model, **(plugin_kwargs if method == "stable" else {}))
+        if method == "stable" and scale is not None and args.offset_init_std > 0:
+            randomise_offsets_(model, args.offset_init_std, torch.Generator().manual_seed(args.seed))
         trainable = 0
         losses = []
         if scale is not None:

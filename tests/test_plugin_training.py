@@ -123,12 +123,37 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         headroom.main(["--output_dir", str(tmp_path), "--object_features", "0.5"])
     with pytest.raises(ValueError, match="must be >= 0"):
         headroom.main(["--output_dir", str(tmp_path), "--base_decoder_steps", "-1"])
+    with pytest.raises(ValueError, match="`offset_init_std` must be >= 0"):
+        headroom.main(["--output_dir", str(tmp_path), "--offset_init_std", "-1"])
     with pytest.raises(ValueError, match="`base_decoder_lr` must be > 0"):
         headroom.main(["--output_dir", str(tmp_path), "--base_decoder_lr", "0"])
     with pytest.raises(ValueError, match="drop `full`"):
         headroom.main(
             ["--output_dir", str(tmp_path), "--methods", "full", "--object_features", "1", "--base_decoder_steps", "1"]
         )
+
+
+def test_random_offset_start_moves_the_samples_and_alpha_zero_is_still_sam(headroom):
+    from stable_sam_hf import StableSamModel
+
+    from tiny import tiny_stable_sam_config
+
+    torch.manual_seed(0)
+    model = StableSamModel(tiny_stable_sam_config(plugin_layers=[0, 1])).eval()
+    embeddings = torch.randn(1, 32, 8, 8)
+    inputs = {
+        "image_embeddings": embeddings,
+        "input_points": torch.tensor([[[[20.0, 30.0]]]]),
+        "multimask_output": False,
+    }
+    with torch.no_grad():
+        sam = model(**inputs, routing_weight=0.0).pred_masks
+        assert torch.allclose(model(**inputs).pred_masks, sam, atol=1e-6)  # a zero start is SAM whatever alpha is
+        headroom.randomise_offsets_(model, 0.5, torch.Generator().manual_seed(0))
+        moved = model(**inputs, output_sampling_offsets=True)
+        assert all(offsets.abs().mean() > 0.01 for offsets in moved.sampling_offsets)  # both plugin layers
+        assert not torch.allclose(moved.pred_masks, sam, atol=1e-4)
+        assert torch.allclose(model(**inputs, routing_weight=0.0).pred_masks, sam, atol=1e-6)
 
 
 def test_object_features_mark_each_object_with_its_own_direction(headroom):
