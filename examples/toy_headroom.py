@@ -389,10 +389,9 @@ def load_trainable(method: str, base_model: str, **plugin_kwargs) -> SamModel:
 @torch.no_grad()
 def randomise_offsets_(model: StableSamModel, std: float, generator: torch.Generator) -> None:
     """Draws the weights of every plugin layer's last DSP offset layer from N(0, std^2) (its bias stays zero)."""
-    for layer in model.mask_decoder.transformer.layers:
-        if getattr(layer, "dsp", None) is not None:
-            weight = layer.dsp.offset_proj.weight
-            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    for layer in model.mask_decoder.plugin_layers:
+        weight = layer.dsp.offset_proj.weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * std)
 
 
 def _table(results: dict, prompt_types: list[str]) -> str:
