@@ -291,7 +291,60 @@ class TestTrainToyBase:
             torch.testing.assert_close(a, b, msg=name)
         assert resumed["eval"] == straight["eval"]
 
+    def test_instance_loss_is_zero_only_when_segments_have_their_own_directions(self, script):
+        labels = torch.zeros(2, 32, 32, dtype=torch.long)
+        labels[:, :16, :16] = 1
+        labels[:, 16:, 16:] = 2
+        labels[1, 16:, :3] = 3  # a thin strip: it covers 3/8 of the cells it touches, so it owns none
+        # Each 8x8 cell's feature is its owning segment's one-hot direction (the strip's cells belong to the background)
+        owners = torch.zeros(2, 4, 4, dtype=torch.long)
+        owners[:, :2, :2] = 1
+        owners[:, 2:, 2:] = 2
+        perfect = torch.nn.functional.one_hot(owners, 4).permute(0, 3, 1, 2).float() * 5.0
+        assert script.instance_loss(perfect, labels).item() == pytest.approx(0.0, abs=1e-6)
+        # One direction for everything: nothing to pull, every pair of segments fully aligned
+        assert script.instance_loss(torch.ones(2, 3, 4, 4), labels).item() == pytest.approx(1.0, abs=1e-5)
+        # Features that split one object in two are pulled towards its mean
+        split = perfect.clone()
+        split[:, :, 0, 0] = perfect[:, :, 3, 3]
+        assert script.instance_loss(split, labels).item() > 0.05
+        features = torch.randn(2, 8, 4, 4, requires_grad=True)
+        script.instance_loss(features, labels).backward()
+        assert features.grad.abs().sum() > 0
+
+    def test_instance_loss_trains_a_head_and_resumes_only_with_it(self, script, tmp_path):
+        result = script.main(_tiny_args(script, tmp_path / "a", instance_loss_weight=0.5, max_train_steps=3))
+        state = torch.load(tmp_path / "a" / "checkpoint-3" / script.TRAINING_STATE_NAME, weights_only=True)
+        losses = [entry["instance_loss"] for entry in state["history"] if "instance_loss" in entry]
+        assert len(losses) == 3 and all(0 <= value <= 2 for value in losses)
+        assert set(state["instance_head"]) == {"weight", "bias"}
+        assert result["global_step"] == 3
+        # The head is not part of the saved model
+        model = SamModel.from_pretrained(tmp_path / "a")
+        assert not any("instance" in name for name in model.state_dict())
+        assert "instance loss (weight 0.5" in (tmp_path / "a" / "README.md").read_text()
+        with pytest.raises(ValueError, match="instance_loss_weight"):
+            script.main(_tiny_args(script, tmp_path / "a", max_train_steps=4, resume=True))
+
+    def test_init_model_starts_from_saved_weights(self, script, tmp_path):
+        script.main(_tiny_args(script, tmp_path / "base", max_train_steps=1, save_dtype="float32"))
+        # A zero learning rate keeps the starting weights, so the result is the saved model exactly
+        script.main(
+            _tiny_args(
+                script, tmp_path / "next", init_model=str(tmp_path / "base"), learning_rate=0.0, save_dtype="float32"
+            )
+        )
+        base = SamModel.from_pretrained(tmp_path / "base").state_dict()
+        continued = SamModel.from_pretrained(tmp_path / "next").state_dict()
+        for name, value in base.items():
+            torch.testing.assert_close(continued[name], value, msg=name)
+        assert "started from the weights of" in (tmp_path / "next" / "README.md").read_text()
+        with pytest.raises(ValueError, match="init_model"):
+            _tiny_args(script, tmp_path, init_model=str(tmp_path / "missing"))
+
     def test_bad_arguments_raise(self, script, tmp_path):
+        with pytest.raises(ValueError, match="instance_loss_weight"):
+            _tiny_args(script, tmp_path, instance_loss_weight=-1.0)
         with pytest.raises(ValueError, match="eval_seed"):
             _tiny_args(script, tmp_path, eval_seed=0)
         with pytest.raises(ValueError, match="patch_size"):

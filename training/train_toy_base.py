@@ -103,6 +103,16 @@ class ToyBaseTrainingArguments:
     max_points: int = field(default=10, metadata={"help": "Most positive points of a points-only prompt."})
     max_box_points: int = field(default=3, metadata={"help": "Most positive points added to a box (at least 1)."})
     iou_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the IoU-head MSE loss."})
+    instance_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an auxiliary loss that makes the image embeddings tell objects apart: through a 1x1 "
+            "projection head (trained with the model, not saved in it), embedding cells of one object are pulled to "
+            "their object's mean direction and the means of different objects (and the background) are pushed to "
+            "orthogonal. 0 (the default, and how the shipped base was trained) disables it."
+        },
+    )
+    instance_dim: int = field(default=32, metadata={"help": "Output width of the instance loss's projection head."})
     augment: bool = field(default=True, metadata={"help": "Random 90-degree rotations and flips of the scenes."})
     seed: int = field(default=0, metadata={"help": "Seed of the model initialisation, batches and prompts."})
     num_threads: int = field(
@@ -126,6 +136,14 @@ class ToyBaseTrainingArguments:
     )
     resume: bool = field(
         default=False, metadata={"help": "Continue from the newest checkpoint-<step> in output_dir, if there is one."}
+    )
+    init_model: str = field(
+        default="",
+        metadata={
+            "help": "Start from this SamModel folder (e.g. models/toy-sam-128) with a fresh optimiser and schedule, "
+            "instead of a new model; its saved configuration is used. A checkpoint in output_dir takes precedence "
+            "with --resume."
+        },
     )
     save_dtype: str = field(
         default="float16",
@@ -151,6 +169,7 @@ class ToyBaseTrainingArguments:
             "logging_steps",
             "checkpointing_steps",
             "checkpoints_total_limit",
+            "instance_dim",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -170,7 +189,11 @@ class ToyBaseTrainingArguments:
             raise ValueError("`eval_seed` must differ from `data_seed`, or the evaluation scenes are training scenes.")
         if self.save_dtype not in ("float16", "float32"):
             raise ValueError(f"`save_dtype` must be 'float16' or 'float32', got {self.save_dtype!r}.")
-        for name in ("warmup_steps", "eval_steps", "num_threads", "stop_at_step"):
+        if self.init_model and not (Path(self.init_model) / "config.json").is_file():
+            raise ValueError(
+                f"`init_model` must be a saved SamModel folder (with config.json), got {self.init_model!r}."
+            )
+        for name in ("warmup_steps", "eval_steps", "num_threads", "stop_at_step", "instance_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         for prompt_type in self.eval_prompt_types:
@@ -271,8 +294,9 @@ def to_pixel_values(images: torch.Tensor) -> torch.Tensor:
 
 def sample_batch(
     bank: SceneBank, batch_size: int, prompts_per_image: int, augment: bool, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scenes and objects: pixel values `(B, 3, H, W)` and masks `(B, P, H, W)` bool."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random scenes and objects: pixel values `(B, 3, H, W)`, masks `(B, P, H, W)` bool and the scenes' label maps
+    `(B, H, W)` (0 background, 1..n objects)."""
     indices = torch.randint(len(bank.images), (batch_size,), generator=generator)
     images, labels = bank.images[indices], bank.labels[indices]
     if augment:
@@ -291,7 +315,7 @@ def sample_batch(
             object_ids.append(torch.randint(count, (prompts_per_image,), generator=generator) + 1)
     object_ids = torch.stack(object_ids).to(labels.dtype)  # B x P
     masks = labels[:, None] == object_ids[:, :, None, None]  # B x P x H x W
-    return to_pixel_values(images), masks
+    return to_pixel_values(images), masks, labels
 
 
 def clean_prompt(masks: torch.Tensor, kind: str, num_points: int, generator: torch.Generator) -> dict:
@@ -416,7 +440,9 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def save_checkpoint(output_dir: Path, model, optimizer, generator, step: int, history, limit: int) -> Path:
+def save_checkpoint(
+    output_dir: Path, model, optimizer, generator, step: int, history, limit: int, instance_head=None
+) -> Path:
     """Writes `output_dir/checkpoint-<step>` (model via `save_pretrained`, float32) and deletes the oldest ones."""
     path = output_dir / f"checkpoint-{step}"
     model.save_pretrained(path)
@@ -427,6 +453,8 @@ def save_checkpoint(output_dir: Path, model, optimizer, generator, step: int, hi
         "torch_rng": torch.get_rng_state(),
         "history": history,
     }
+    if instance_head is not None:
+        state["instance_head"] = instance_head.state_dict()
     # Written last: a checkpoint without it is incomplete and ignored on resume
     torch.save(state, path / TRAINING_STATE_NAME)
     for old in list_checkpoints(output_dir)[:-limit]:
@@ -440,6 +468,18 @@ def save_final_model(model: SamModel, output_dir: Path, save_dtype: str) -> None
     if save_dtype == "float16":
         state_dict = {name: tensor.to(torch.float16) for name, tensor in model.state_dict().items()}
     model.save_pretrained(output_dir, state_dict=state_dict)
+
+
+def _training_extras(args: ToyBaseTrainingArguments) -> str:
+    extras = []
+    if args.init_model:
+        extras.append(f"It started from the weights of `{args.init_model}` (a fresh optimiser and schedule).")
+    if args.instance_loss_weight > 0:
+        extras.append(
+            f"An auxiliary instance loss (weight {args.instance_loss_weight}, through a {args.instance_dim}-wide 1x1 "
+            "projection head that is not part of this model) trained the image embeddings to tell objects apart."
+        )
+    return "".join(" " + extra for extra in extras)
 
 
 def model_card(args: ToyBaseTrainingArguments, num_parameters: int, results: dict, train_seconds: float) -> str:
@@ -484,7 +524,7 @@ has never seen a natural image, and is useless outside the synthetic scenes of `
 {args.train_batch_size} images x {args.prompts_per_image} objects, AdamW (peak lr {args.learning_rate}, weight decay
 {args.weight_decay}, {args.warmup_steps} warm-up steps, cosine decay), BCE + dice + IoU-head MSE, with clean prompts
 only: ground-truth boxes, {args.min_points}-{args.max_points} random positive points, and boxes with 1-{args.max_box_points}
-points. Training took {train_seconds / 3600:.2f} hours on CPU.
+points. Training took {train_seconds / 3600:.2f} hours on CPU.{_training_extras(args)}
 
 ## Measured
 mIoU (0-100) over every object of {args.num_eval_scenes} held-out scenes per domain (seed {args.eval_seed}); noisy
@@ -511,8 +551,46 @@ def _split_by_prompt_kind(args: ToyBaseTrainingArguments, generator: torch.Gener
     return [torch.nonzero(kinds == k).flatten() for k in range(len(PROMPT_KINDS))]
 
 
-def training_step(model: SamModel, args, pixel_values, masks, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and per-mask IoUs of one batch; each prompt kind is one decoder call on shared image embeddings."""
+def instance_loss(features: torch.Tensor, labels: torch.Tensor, min_share: float = 0.5) -> torch.Tensor:
+    """Pull-push loss that makes per-cell features tell a scene's segments (objects and background) apart.
+
+    Each feature cell belongs to the segment that covers at least `min_share` of its pixels (cells without one, such
+    as most cells of a thin wire, are left out). Cells are pulled to their segment's mean direction (1 - cosine) and
+    the mean directions of a scene's segments are pushed apart (squared positive cosine), so 0 means every segment
+    has its own direction, orthogonal to the others.
+
+    Args:
+        features (`torch.Tensor` of shape `(B, D, g, g)`): per-cell features (any scale; they are L2-normalised).
+        labels (`torch.Tensor` of shape `(B, H, W)`): label maps, 0 background and 1..n objects; H and W multiples of g.
+        min_share (`float`): share of a cell's pixels its segment must cover.
+
+    Returns:
+        `torch.Tensor`: the scalar loss, pull + push, each a mean over its cells or segment pairs.
+    """
+    g = features.shape[-1]
+    num_ids = int(labels.max()) + 1
+    one_hot = F.one_hot(labels.long(), num_ids).permute(0, 3, 1, 2).float()  # B x K x H x W
+    share, owner = F.adaptive_avg_pool2d(one_hot, g).flatten(2).max(1)  # B x g*g each
+    valid = (share >= min_share).float()
+    cells = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)  # B x N x D
+    assign = F.one_hot(owner, num_ids).float() * valid[..., None]  # B x N x K
+    centres = F.normalize(assign.transpose(1, 2) @ cells, dim=-1)  # B x K x D (zero for absent segments)
+    pull = ((1 - (cells * (assign @ centres)).sum(-1)) * valid).sum() / valid.sum().clamp(min=1)
+    present = assign.sum(1) > 0  # B x K
+    pairs = present[:, :, None] & present[:, None, :] & ~torch.eye(num_ids, dtype=torch.bool)
+    similarity = centres @ centres.transpose(1, 2)  # B x K x K
+    push = (F.relu(similarity) ** 2 * pairs).sum() / pairs.sum().clamp(min=1)
+    return pull + push
+
+
+def training_step(
+    model: SamModel, args, pixel_values, masks, generator, labels=None, instance_head=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Mean loss, per-mask IoUs and the instance loss (`None` without `instance_head`) of one batch.
+
+    Each prompt kind is one decoder call on shared image embeddings. With `instance_head` (and the scenes' `labels`),
+    `args.instance_loss_weight` times `instance_loss` of the projected embeddings is added to the returned loss.
+    """
     image_embeddings = model.vision_encoder(pixel_values).last_hidden_state  # B x 256 x g x g
     size = tuple(masks.shape[-2:])
     losses, ious = [], []
@@ -533,7 +611,12 @@ def training_step(model: SamModel, args, pixel_values, masks, generator) -> tupl
         )
         losses.append(loss)
         ious.append(iou)
-    return torch.cat(losses).mean(), torch.cat(ious)
+    loss = torch.cat(losses).mean()
+    auxiliary = None
+    if instance_head is not None:
+        auxiliary = instance_loss(instance_head(image_embeddings), labels)
+        loss = loss + args.instance_loss_weight * auxiliary
+    return loss, torch.cat(ious), auxiliary
 
 
 def _parameter_groups(model: SamModel, weight_decay: float) -> list[dict]:
@@ -587,15 +670,32 @@ def main(args: ToyBaseTrainingArguments) -> dict:
         model.shared_image_embedding.positional_embedding.requires_grad_(False)
         if _model_options(model.config) != _model_options(build_toy_sam_config(args)):
             logger.warning("the model options differ from %s; its saved configuration is used", checkpoints[-1])
+    elif args.init_model:
+        model = SamModel.from_pretrained(args.init_model, dtype=torch.float32)
+        model.shared_image_embedding.positional_embedding.requires_grad_(False)
+        logger.info("starting from %s", args.init_model)
     else:
         model = build_toy_sam(args)
     model.train()
     num_parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.learning_rate)
+    parameter_groups = _parameter_groups(model, args.weight_decay)
+    instance_head = None
+    if args.instance_loss_weight > 0:
+        torch.manual_seed(args.seed)
+        instance_head = torch.nn.Conv2d(model.config.vision_config.output_channels, args.instance_dim, 1)
+        parameter_groups.append({"params": list(instance_head.parameters()), "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(parameter_groups, lr=args.learning_rate)
     generator = torch.Generator().manual_seed(args.seed)
     global_step, history = 0, []
     if checkpoints:
         state = torch.load(checkpoints[-1] / TRAINING_STATE_NAME, weights_only=True)
+        if (instance_head is None) != ("instance_head" not in state):
+            raise ValueError(
+                f"`instance_loss_weight` must be {'> 0' if 'instance_head' in state else '0'} to resume from "
+                f"{checkpoints[-1]}, which was trained {'with' if 'instance_head' in state else 'without'} it."
+            )
+        if instance_head is not None:
+            instance_head.load_state_dict(state["instance_head"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -618,55 +718,69 @@ def main(args: ToyBaseTrainingArguments) -> dict:
     )
 
     window_loss, window_iou, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
+    window_instance = 0.0
     train_loss = float("nan")
     train_start = time.perf_counter()
     seconds_before = max((entry.get("train_seconds", 0.0) for entry in history), default=0.0)
     last_step = min(args.stop_at_step or args.max_train_steps, args.max_train_steps)
     while global_step < last_step:
-        pixel_values, masks = sample_batch(
+        pixel_values, masks, labels = sample_batch(
             train_bank, args.train_batch_size, args.prompts_per_image, args.augment, generator
         )
-        loss, iou = training_step(model, args, pixel_values, masks, generator)
+        loss, iou, auxiliary = training_step(model, args, pixel_values, masks, generator, labels, instance_head)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {global_step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if instance_head is not None:
+                torch.nn.utils.clip_grad_norm_(instance_head.parameters(), args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         global_step += 1
         window_loss += loss.item()
         window_iou += iou.mean().item()
+        window_instance += auxiliary.item() if auxiliary is not None else 0.0
         window_steps += 1
 
         if global_step % args.logging_steps == 0 or global_step == last_step:
             elapsed = time.perf_counter() - window_start
             train_loss = window_loss / window_steps
             logger.info(
-                "step %d/%d loss %.4f train IoU %.1f lr %.2e %.3f s/step",
+                "step %d/%d loss %.4f train IoU %.1f lr %.2e %.3f s/step%s",
                 global_step,
                 args.max_train_steps,
                 train_loss,
                 100 * window_iou / window_steps,
                 scheduler.get_last_lr()[0],
                 elapsed / window_steps,
+                f" (instance loss {window_instance / window_steps:.4f})" if instance_head is not None else "",
             )
-            history.append(
-                {
-                    "step": global_step,
-                    "loss": train_loss,
-                    "train_seconds": seconds_before + time.perf_counter() - train_start,
-                }
-            )
+            entry = {
+                "step": global_step,
+                "loss": train_loss,
+                "train_seconds": seconds_before + time.perf_counter() - train_start,
+            }
+            if instance_head is not None:
+                entry["instance_loss"] = window_instance / window_steps
+            history.append(entry)
             window_loss, window_iou, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
+            window_instance = 0.0
         if args.eval_steps and global_step % args.eval_steps == 0 and global_step < last_step:
             results = _evaluate_all(model, eval_banks, args)
             _log_results(global_step, results)
             history.append({"step": global_step, "eval": results})
         if global_step % args.checkpointing_steps == 0 or global_step == last_step:
             path = save_checkpoint(
-                output_dir, model, optimizer, generator, global_step, history, args.checkpoints_total_limit
+                output_dir,
+                model,
+                optimizer,
+                generator,
+                global_step,
+                history,
+                args.checkpoints_total_limit,
+                instance_head,
             )
             logger.info("saved %s", path)
 
