@@ -35,7 +35,14 @@ from transformers import HfArgumentParser, SamModel
 from transformers.utils import logging as transformers_logging
 
 from stable_sam_hf import StableSamModel
-from stable_sam_hf.methods import SAM_PIXEL_MEAN, SAM_PIXEL_STD, optimizer_parameter_groups, segmentation_loss
+from stable_sam_hf.methods import (
+    SAM_PIXEL_MEAN,
+    SAM_PIXEL_STD,
+    instance_loss,
+    optimizer_parameter_groups,
+    segment_separation,
+    segmentation_loss,
+)
 from stable_sam_hf.metrics import bootstrap_interval, mask_iou
 from stable_sam_hf.prompts import box_iou, masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
 from stable_sam_hf.synthetic import SceneConfig, generate_scenes
@@ -43,7 +50,7 @@ from stable_sam_hf.synthetic import SceneConfig, generate_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_BASE = ROOT / "models" / "toy-sam-128"
-METHODS = ("stable", "decoder", "full")
+METHODS = ("stable", "decoder", "full", "base")
 METHOD_LEARNING_RATES = {"stable": 1e-3, "decoder": 1e-4, "full": 1e-4}  # as the quickstart
 ALPHA_PROMPT_TYPES = ("box", "noisy_box", "points_1", "points_3", "points_10")
 # Clean prompts, as the base was trained (`train_toy_base.py`: GT boxes about half the time, else 3-10 points)
@@ -58,7 +65,10 @@ class ToyHeadroomArguments:
     base_model: str = field(default=str(TOY_BASE), metadata={"help": "Frozen SAM (a folder or Hub id)."})
     methods: list[str] = field(
         default_factory=lambda: ["stable", "decoder"],
-        metadata={"help": "stable (plugins), decoder (whole decoder), full (whole model, encoder included)."},
+        metadata={
+            "help": "stable (plugins), decoder (whole decoder), full (whole model, encoder included); `base` alone "
+            "evaluates the frozen base only (and probes its embeddings)."
+        },
     )
     projection_lr_scales: list[float] = field(
         default_factory=lambda: [1.0, 0.1],
@@ -108,6 +118,13 @@ class ToyHeadroomArguments:
             "the background), so the features carry the objects exactly. Needs `base_decoder_steps`."
         },
     )
+    object_probe_steps: int = field(
+        default=300,
+        metadata={
+            "help": "Steps of a 1x1 probe (32 wide, Adam 1e-3, 8 scenes a step) fitted with the instance loss on the "
+            "base's cached training embeddings, to report how well its features tell objects apart (0 skips it)."
+        },
+    )
     scene_config: list[str] = field(
         default_factory=list,
         metadata={
@@ -117,6 +134,8 @@ class ToyHeadroomArguments:
     )
 
     def __post_init__(self):
+        if self.object_probe_steps < 0:
+            raise ValueError(f"`object_probe_steps` must be >= 0, got {self.object_probe_steps}.")
         if self.base_decoder_steps < 0 or self.object_features < 0:
             raise ValueError(
                 f"`base_decoder_steps` and `object_features` must be >= 0, got {self.base_decoder_steps} and "
@@ -134,8 +153,8 @@ class ToyHeadroomArguments:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown or not self.methods:
-            raise ValueError(f"`methods` must be among {list(METHODS)}, got {self.methods}.")
+        if unknown or not self.methods or ("base" in self.methods and len(self.methods) > 1):
+            raise ValueError(f"`methods` must be among {list(METHODS)}, or `base` alone, got {self.methods}.")
         if not self.offset_range > 0:
             raise ValueError(f"`offset_range` must be > 0, got {self.offset_range}.")
         if self.offset_init_std < 0:
@@ -373,6 +392,38 @@ def noisy_box_ambiguity(labels: torch.Tensor, seed: int = 1) -> dict[str, float]
     }
 
 
+def object_probe(
+    embeddings: torch.Tensor, labels: torch.Tensor, held_out: dict, steps: int, seed: int, dim: int = 32
+) -> dict[str, dict[str, float]]:
+    """How well image embeddings tell a scene's objects apart, per held-out domain.
+
+    `raw_separation` is `segment_separation` of the embeddings themselves and `probe_separation` that of a 1x1
+    projection to `dim` channels fitted for `steps` steps with `instance_loss` on the training `embeddings`
+    `(N, C, g, g)` and label maps `labels` `(N, H, W)`; `held_out` maps a domain to its `(embeddings, labels)`.
+    Percentages; `probe_loss` is the held-out instance loss through the probe.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = torch.nn.Conv2d(embeddings.shape[1], dim, 1)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+    for _ in range(steps):
+        rows = torch.randint(len(embeddings), (8,), generator=generator)
+        loss = instance_loss(head(embeddings[rows]), labels[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    results = {}
+    with torch.no_grad():
+        for domain, (held_embeddings, held_labels) in held_out.items():
+            probed = head(held_embeddings)
+            results[domain] = {
+                "raw_separation": 100 * segment_separation(held_embeddings, held_labels),
+                "probe_separation": 100 * segment_separation(probed, held_labels),
+                "probe_loss": instance_loss(probed, held_labels).item(),
+            }
+    return results
+
+
 def load_trainable(method: str, base_model: str, **plugin_kwargs) -> SamModel:
     """Stable-SAM with only its plugins trainable (`plugin_kwargs` configure them), or SAM with its mask decoder or
     everything trainable (float32)."""
@@ -454,7 +505,7 @@ def main(argv=None) -> dict:
     oracle = torch.Generator().manual_seed(args.seed + 2)
     if args.object_features > 0:
         embeddings = add_object_features(embeddings, labels, args.object_features, oracle)
-    held_out, held_out_images, ambiguity = {}, {}, {}
+    held_out, held_out_images, ambiguity, held_out_scenes = {}, {}, {}, {}
     for domain in ("train", "shifted"):
         held_images, held_labels = generate_scenes(
             args.num_eval_scenes, size=size, domain=domain, seed=1, config=scene_config
@@ -465,9 +516,22 @@ def main(argv=None) -> dict:
         if args.object_features > 0:
             held_embeddings = add_object_features(held_embeddings, held_labels, args.object_features, oracle)
         held_out[domain] = (held_embeddings[scene], masks)
+        held_out_scenes[domain] = (held_embeddings, held_labels)
         held_out_images[domain] = (held_images, scene)
         ambiguity[domain] = noisy_box_ambiguity(held_labels)
     logger.info("scenes generated and encoded in %.0f s", time.perf_counter() - start)
+    separation = {}
+    if args.object_probe_steps:
+        separation = object_probe(embeddings, labels, held_out_scenes, args.object_probe_steps, args.seed)
+        for domain, values in separation.items():
+            logger.info(
+                "object separation of the base's embeddings [%s]: raw %.1f %%, probe %.1f %% (loss %.3f)",
+                domain,
+                values["raw_separation"],
+                values["probe_separation"],
+                values["probe_loss"],
+            )
+    del held_out_scenes
 
     base_model = args.base_model
     if args.base_decoder_steps:  # the base's decoder trained on (these) embeddings with clean prompts only
@@ -498,7 +562,7 @@ def main(argv=None) -> dict:
     if "stable" in args.methods:
         runs += [(f"stable (proj lr x{scale:g})", "stable", scale) for scale in args.projection_lr_scales]
     runs += [(method, method, 1.0) for method in ("decoder", "full") if method in args.methods]
-    results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "runs": {}}
+    results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "object_separation": separation, "runs": {}}
     plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
     for name, method, scale in runs:
         model = load_trainable(method, base_model, **(plugin_kwargs if method == "stable" else {}))
@@ -617,7 +681,21 @@ def main(argv=None) -> dict:
         for name, run in results["runs"].items():
             fit = run["eval"]["train"]["noisy_box"]["miou_by_box_fit"]
             fit_lines.append(f"| {name} | {fit['cut']:.1f} | {fit['whole']:.1f} |")
-    report = table + "\n".join(shape_lines + fit_lines + alpha_lines + ambiguity_lines) + "\n"
+    separation_lines = []
+    if separation:
+        separation_lines = [
+            "",
+            "The base's image embeddings: how well they tell a scene's objects apart (share of embedding cells nearer "
+            "their own segment's mean direction than any other segment's, same scene; through a 1x1 probe fitted "
+            f"for {args.object_probe_steps} steps with the instance loss of `train_toy_base.py`)",
+            "",
+        ]
+        for domain, values in separation.items():
+            separation_lines.append(
+                f"- `{domain}`: raw {values['raw_separation']:.1f} %, probe {values['probe_separation']:.1f} % "
+                f"(probe instance loss {values['probe_loss']:.3f})"
+            )
+    report = table + "\n".join(shape_lines + fit_lines + alpha_lines + ambiguity_lines + separation_lines) + "\n"
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "results.md").write_text(report)
     print(report)

@@ -109,6 +109,10 @@ def test_routing_gives_fewer_points_more_deformable_sampling(headroom, setup, tr
 def test_headroom_arguments_are_checked(headroom, tmp_path):
     with pytest.raises(ValueError, match="`methods` must be among"):
         headroom.main(["--output_dir", str(tmp_path), "--methods", "lora"])
+    with pytest.raises(ValueError, match="`base` alone"):
+        headroom.main(["--output_dir", str(tmp_path), "--methods", "base", "stable"])
+    with pytest.raises(ValueError, match="`object_probe_steps` must be >= 0"):
+        headroom.main(["--output_dir", str(tmp_path), "--object_probe_steps", "-1"])
     with pytest.raises(ValueError, match="`projection_lr_scales` must be > 0"):
         headroom.main(["--output_dir", str(tmp_path), "--projection_lr_scales", "0"])
     with pytest.raises(ValueError, match="`offset_range` must be > 0"):
@@ -173,6 +177,66 @@ def test_object_features_mark_each_object_with_its_own_direction(headroom):
     second = F.normalize(added[:, :, 1, 1], dim=1)
     assert (first * second).sum(1).abs().max() < 0.99
     assert (first[0] * first[1]).sum().abs() < 0.99
+
+
+def test_object_probe_learns_to_separate_objects_that_the_raw_features_mix(headroom):
+    from stable_sam_hf.methods import segment_separation
+
+    # Two objects per scene on a 4 x 4 grid: their features share a strong common part (raw cosine says "same"), and
+    # differ only in two weak channels, one per object, that a 1x1 probe can pick out
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.zeros(16, 32, 32, dtype=torch.uint8)
+    labels[:, :, :16] = 1
+    labels[:, :, 16:] = 2
+    features = torch.zeros(16, 8, 4, 4)
+    features[:, 0] = 10.0  # shared by everything
+    features[:, 1, :, :2] = 1.0  # object 1
+    features[:, 2, :, 2:] = 1.0  # object 2
+    features += 0.3 * torch.randn(features.shape, generator=generator)
+    held = {"train": (features[:4], labels[:4])}
+    raw = segment_separation(features[:4], labels[:4])
+    fitted = headroom.object_probe(features, labels, held, steps=200, seed=0, dim=4)["train"]
+    assert fitted["raw_separation"] == pytest.approx(100 * raw)
+    assert fitted["probe_separation"] == 100.0 > fitted["raw_separation"]
+    unfitted = headroom.object_probe(features, labels, held, steps=0, seed=0, dim=4)["train"]
+    assert fitted["probe_loss"] < unfitted["probe_loss"]
+
+
+def test_base_only_run_reports_the_base_and_its_object_separation(headroom, tmp_path):
+    results = headroom.main(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--methods",
+            "base",
+            "--num_train_scenes",
+            "8",
+            "--num_eval_scenes",
+            "4",
+            "--object_probe_steps",
+            "5",
+        ]
+    )
+    assert list(results["runs"]) == ["base"]
+    assert set(results["object_separation"]) == {"train", "shifted"}
+    for values in results["object_separation"].values():
+        assert 0 < values["raw_separation"] <= 100 and 0 < values["probe_separation"] <= 100
+    assert "probe instance loss" in (tmp_path / "results.md").read_text()
+
+
+def test_segment_separation_counts_cells_nearer_their_own_segment():
+    from stable_sam_hf.methods import segment_separation
+
+    labels = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    labels[0, :, 8:] = 1  # a 4 x 4 grid: two columns of background, two of object 1
+    features = torch.zeros(1, 2, 4, 4)
+    features[0, 0, :, :2] = 1.0
+    features[0, 1, :, 2:] = 1.0
+    assert segment_separation(features, labels) == 1.0
+    features[0, :, 0, 0] = torch.tensor([0.0, 1.0])  # one background cell looks like the object
+    assert segment_separation(features, labels) == pytest.approx(15 / 16)
+    with pytest.raises(ValueError, match="multiples of g"):
+        segment_separation(torch.zeros(1, 2, 3, 3), labels)
 
 
 def test_noisy_box_ambiguity_of_a_lone_object_and_of_a_nested_pair(headroom):

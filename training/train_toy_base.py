@@ -34,6 +34,7 @@ import transformers
 from transformers import HfArgumentParser, SamConfig, SamModel, get_cosine_schedule_with_warmup
 
 import stable_sam_hf
+from stable_sam_hf.methods import instance_loss
 from stable_sam_hf.prompts import masks_to_boxes, noisy_boxes, sample_points
 from stable_sam_hf.synthetic import generate_scenes
 
@@ -549,38 +550,6 @@ def _split_by_prompt_kind(args: ToyBaseTrainingArguments, generator: torch.Gener
     weights = torch.tensor([args.box_prob, args.points_prob, args.box_points_prob], dtype=torch.float)
     kinds = torch.multinomial(weights, args.train_batch_size, replacement=True, generator=generator)
     return [torch.nonzero(kinds == k).flatten() for k in range(len(PROMPT_KINDS))]
-
-
-def instance_loss(features: torch.Tensor, labels: torch.Tensor, min_share: float = 0.5) -> torch.Tensor:
-    """Pull-push loss that makes per-cell features tell a scene's segments (objects and background) apart.
-
-    Each feature cell belongs to the segment that covers at least `min_share` of its pixels (cells without one, such
-    as most cells of a thin wire, are left out). Cells are pulled to their segment's mean direction (1 - cosine) and
-    the mean directions of a scene's segments are pushed apart (squared positive cosine), so 0 means every segment
-    has its own direction, orthogonal to the others.
-
-    Args:
-        features (`torch.Tensor` of shape `(B, D, g, g)`): per-cell features (any scale; they are L2-normalised).
-        labels (`torch.Tensor` of shape `(B, H, W)`): label maps, 0 background and 1..n objects; H and W multiples of g.
-        min_share (`float`): share of a cell's pixels its segment must cover.
-
-    Returns:
-        `torch.Tensor`: the scalar loss, pull + push, each a mean over its cells or segment pairs.
-    """
-    g = features.shape[-1]
-    num_ids = int(labels.max()) + 1
-    one_hot = F.one_hot(labels.long(), num_ids).permute(0, 3, 1, 2).float()  # B x K x H x W
-    share, owner = F.adaptive_avg_pool2d(one_hot, g).flatten(2).max(1)  # B x g*g each
-    valid = (share >= min_share).float()
-    cells = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)  # B x N x D
-    assign = F.one_hot(owner, num_ids).float() * valid[..., None]  # B x N x K
-    centres = F.normalize(assign.transpose(1, 2) @ cells, dim=-1)  # B x K x D (zero for absent segments)
-    pull = ((1 - (cells * (assign @ centres)).sum(-1)) * valid).sum() / valid.sum().clamp(min=1)
-    present = assign.sum(1) > 0  # B x K
-    pairs = present[:, :, None] & present[:, None, :] & ~torch.eye(num_ids, dtype=torch.bool)
-    similarity = centres @ centres.transpose(1, 2)  # B x K x K
-    push = (F.relu(similarity) ** 2 * pairs).sum() / pairs.sum().clamp(min=1)
-    return pull + push
 
 
 def training_step(
