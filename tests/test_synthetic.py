@@ -326,6 +326,22 @@ class TestTrainToyBase:
         with pytest.raises(ValueError, match="instance_loss_weight"):
             script.main(_tiny_args(script, tmp_path / "a", max_train_steps=4, resume=True))
 
+    def test_box_jitter_moves_boxes_by_at_most_its_cap_and_keeps_them_valid(self, script):
+        boxes = torch.tensor([[10.0, 20.0, 50.0, 30.0], [0.0, 0.0, 5.0, 5.0], [60.0, 60.0, 63.0, 63.0]]).repeat(100, 1)
+        generator = torch.Generator().manual_seed(0)
+        jittered = script.jitter_boxes(boxes, 0.1, 2.5, (64, 64), generator)
+        assert not torch.equal(jittered, boxes)
+        assert (jittered - boxes).abs().max() <= 2.5 + 1e-6
+        assert (jittered[:, :2] <= jittered[:, 2:]).all()
+        assert jittered.min() >= 0 and jittered.max() <= 64
+        # The std scales with the side: the 40-px-wide box moves more along x than the 10-px-high one along y
+        shift = (jittered - boxes)[0::3]
+        assert shift[:, 0].std() > 2 * shift[:, 1].std()
+        masks = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
+        masks[..., 20:31, 10:51] = True
+        exact = script.clean_prompt(masks, "box", 0, torch.Generator().manual_seed(0))["input_boxes"]
+        assert torch.equal(exact[0, 0], torch.tensor([10.0, 20.0, 50.0, 30.0]))
+
     def test_init_model_starts_from_saved_weights(self, script, tmp_path):
         script.main(_tiny_args(script, tmp_path / "base", max_train_steps=1, save_dtype="float32"))
         # A zero learning rate keeps the starting weights, so the result is the saved model exactly
@@ -345,6 +361,8 @@ class TestTrainToyBase:
     def test_bad_arguments_raise(self, script, tmp_path):
         with pytest.raises(ValueError, match="instance_loss_weight"):
             _tiny_args(script, tmp_path, instance_loss_weight=-1.0)
+        with pytest.raises(ValueError, match="box_jitter"):
+            _tiny_args(script, tmp_path, box_jitter=-0.1)
         with pytest.raises(ValueError, match="eval_seed"):
             _tiny_args(script, tmp_path, eval_seed=0)
         with pytest.raises(ValueError, match="patch_size"):

@@ -103,6 +103,18 @@ class ToyBaseTrainingArguments:
     min_points: int = field(default=3, metadata={"help": "Fewest positive points of a points-only prompt."})
     max_points: int = field(default=10, metadata={"help": "Most positive points of a points-only prompt."})
     max_box_points: int = field(default=3, metadata={"help": "Most positive points added to a box (at least 1)."})
+    box_jitter: float = field(
+        default=0.0,
+        metadata={
+            "help": "SAM's box noise on training boxes: each coordinate moves by a normal draw with this std times the "
+            "box's side, clipped to `box_jitter_max` pixels (SAM: 0.1 and 20 px at 1024). 0 (the default, and how the "
+            "shipped base was trained) gives exact GT boxes."
+        },
+    )
+    box_jitter_max: float = field(
+        default=2.5,
+        metadata={"help": "Largest box-coordinate move of `box_jitter`, in input pixels (SAM's 20 at 128)."},
+    )
     iou_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the IoU-head MSE loss."})
     instance_loss_weight: float = field(
         default=0.0,
@@ -194,7 +206,15 @@ class ToyBaseTrainingArguments:
             raise ValueError(
                 f"`init_model` must be a saved SamModel folder (with config.json), got {self.init_model!r}."
             )
-        for name in ("warmup_steps", "eval_steps", "num_threads", "stop_at_step", "instance_loss_weight"):
+        for name in (
+            "warmup_steps",
+            "eval_steps",
+            "num_threads",
+            "stop_at_step",
+            "instance_loss_weight",
+            "box_jitter",
+            "box_jitter_max",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         for prompt_type in self.eval_prompt_types:
@@ -319,13 +339,39 @@ def sample_batch(
     return to_pixel_values(images), masks, labels
 
 
-def clean_prompt(masks: torch.Tensor, kind: str, num_points: int, generator: torch.Generator) -> dict:
-    """Model inputs for masks `(n, P, H, W)`: GT boxes `(n, P, 4)` and/or positive points `(n, P, k, 2)`."""
+def jitter_boxes(
+    boxes: torch.Tensor, std: float, max_shift: float, size: tuple[int, int], generator: torch.Generator
+) -> torch.Tensor:
+    """SAM's training box noise: boxes `(M, 4)` (x0, y0, x1, y1) with each coordinate moved by N(0, std * side),
+    clipped to `max_shift` pixels, then to the image `size` (H, W), keeping x0 <= x1 and y0 <= y1."""
+    sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # M x 4: w, h, w, h
+    shift = (torch.randn(boxes.shape, generator=generator) * std * sides).clamp(-max_shift, max_shift)
+    moved = boxes + shift
+    height, width = size
+    moved[:, 0::2] = moved[:, 0::2].clamp(0, width)
+    moved[:, 1::2] = moved[:, 1::2].clamp(0, height)
+    low, high = torch.minimum(moved[:, :2], moved[:, 2:]), torch.maximum(moved[:, :2], moved[:, 2:])
+    return torch.cat([low, high], dim=1)
+
+
+def clean_prompt(
+    masks: torch.Tensor,
+    kind: str,
+    num_points: int,
+    generator: torch.Generator,
+    box_jitter: float = 0.0,
+    box_jitter_max: float = 0.0,
+) -> dict:
+    """Model inputs for masks `(n, P, H, W)`: GT boxes `(n, P, 4)` (with SAM's jitter if `box_jitter` > 0) and/or
+    positive points `(n, P, k, 2)`."""
     n, p = masks.shape[:2]
     flat = masks.flatten(0, 1)
     inputs = {}
     if kind in ("box", "box_points"):
-        inputs["input_boxes"] = masks_to_boxes(flat).view(n, p, 4)
+        boxes = masks_to_boxes(flat)
+        if box_jitter > 0:
+            boxes = jitter_boxes(boxes, box_jitter, box_jitter_max, tuple(flat.shape[-2:]), generator)
+        inputs["input_boxes"] = boxes.view(n, p, 4)
     if kind in ("points", "box_points"):
         points, labels = sample_points(flat, num_points, generator=generator)
         inputs["input_points"] = points.view(n, p, num_points, 2)
@@ -475,6 +521,11 @@ def _training_extras(args: ToyBaseTrainingArguments) -> str:
     extras = []
     if args.init_model:
         extras.append(f"It started from the weights of `{args.init_model}` (a fresh optimiser and schedule).")
+    if args.box_jitter > 0:
+        extras.append(
+            f"Its training boxes carried SAM's box noise (std {args.box_jitter} of the box side per coordinate, at most "
+            f"{args.box_jitter_max} px)."
+        )
     if args.instance_loss_weight > 0:
         extras.append(
             f"An auxiliary instance loss (weight {args.instance_loss_weight}, through a {args.instance_dim}-wide 1x1 "
@@ -572,7 +623,7 @@ def training_step(
             num_points = int(torch.randint(1, args.max_box_points + 1, (1,), generator=generator))
         else:
             num_points = 0
-        inputs = clean_prompt(masks[rows], kind, num_points, generator)
+        inputs = clean_prompt(masks[rows], kind, num_points, generator, args.box_jitter, args.box_jitter_max)
         outputs = model(image_embeddings=image_embeddings[rows], multimask_output=False, **inputs)
         logits = upsample_logits(outputs.pred_masks, size).flatten(0, 1)  # n*P x H x W
         loss, iou = segmentation_loss(
