@@ -258,7 +258,11 @@ def instance_loss(features: torch.Tensor, labels: torch.Tensor, min_share: float
     cells, assign, valid, centres = _cell_segments(features, labels, min_share)
     pull = ((1 - (cells * (assign @ centres)).sum(-1)) * valid).sum() / valid.sum().clamp(min=1)
     present = assign.sum(1) > 0  # B x K
-    pairs = present[:, :, None] & present[:, None, :] & ~torch.eye(present.shape[1], dtype=torch.bool)
+    pairs = (
+        present[:, :, None]
+        & present[:, None, :]
+        & ~torch.eye(present.shape[1], dtype=torch.bool, device=present.device)
+    )
     similarity = centres @ centres.transpose(1, 2)  # B x K x K
     push = (F.relu(similarity) ** 2 * pairs).sum() / pairs.sum().clamp(min=1)
     return pull + push
