@@ -222,7 +222,7 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
 
 def _cell_segments(features: torch.Tensor, labels: torch.Tensor, min_share: float):
     """Per-cell unit features `(B, N, D)`, one-hot segment assignment `(B, N, K)` (zero rows for cells no segment
-    owns), the validity `(B, N)` and the segments' unit mean directions `(B, K, D)` (zero where absent)."""
+    owns), the validity `(B, N)` and the segments' sums of unit features `(B, K, D)` (zero where absent)."""
     g = features.shape[-1]
     if features.ndim != 4 or labels.ndim != 3 or labels.shape[-1] % g or labels.shape[-2] % features.shape[-2]:
         raise ValueError(
@@ -235,8 +235,7 @@ def _cell_segments(features: torch.Tensor, labels: torch.Tensor, min_share: floa
     valid = (share >= min_share).float()
     cells = F.normalize(features.flatten(2).transpose(1, 2).float(), dim=-1)  # B x N x D
     assign = F.one_hot(owner, num_ids).float() * valid[..., None]  # B x N x K
-    centres = F.normalize(assign.transpose(1, 2) @ cells, dim=-1)  # B x K x D
-    return cells, assign, valid, centres
+    return cells, assign, valid, assign.transpose(1, 2) @ cells
 
 
 def instance_loss(features: torch.Tensor, labels: torch.Tensor, min_share: float = 0.5) -> torch.Tensor:
@@ -255,7 +254,8 @@ def instance_loss(features: torch.Tensor, labels: torch.Tensor, min_share: float
     Returns:
         `torch.Tensor`: the scalar loss, pull + push, each a mean over its cells or segment pairs.
     """
-    cells, assign, valid, centres = _cell_segments(features, labels, min_share)
+    cells, assign, valid, sums = _cell_segments(features, labels, min_share)
+    centres = F.normalize(sums, dim=-1)  # B x K x D: unit mean directions
     pull = ((1 - (cells * (assign @ centres)).sum(-1)) * valid).sum() / valid.sum().clamp(min=1)
     present = assign.sum(1) > 0  # B x K
     pairs = (
@@ -272,8 +272,7 @@ def segment_separation(features: torch.Tensor, labels: torch.Tensor, min_share: 
     """Share (0-1) of owned feature cells whose nearest segment mean (cosine, same scene, the cell itself excluded
     from its own segment's mean) is their own segment's; arguments as `instance_loss`. Cells of one-cell segments,
     which have no mean without them, are left out."""
-    cells, assign, valid, _ = _cell_segments(features, labels, min_share)
-    sums = assign.transpose(1, 2) @ cells  # B x K x D: unnormalised segment sums
+    cells, assign, valid, sums = _cell_segments(features, labels, min_share)
     dots = cells @ sums.transpose(1, 2)  # B x N x K
     norms_squared = (sums * sums).sum(-1)[:, None].expand_as(dots)  # B x N x K
     # The own segment's sum without the cell: dot - 1 and |sum - cell|^2 = |sum|^2 - 2 dot + 1 (unit cells)
