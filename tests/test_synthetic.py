@@ -113,6 +113,40 @@ class TestSceneGenerator:
             _, masks = generate_scene(index, size=64, config=config)
             assert masks.shape[0] == 1
 
+    @pytest.mark.parametrize("domain", DOMAINS)
+    def test_salient_scenes_label_one_large_central_object(self, domain):
+        config = SceneConfig(salient_min_radius=0.2, salient_max_radius=0.3, min_radius=0.08, max_radius=0.16)
+        assert config.salient and not SceneConfig().salient
+        for index in range(10):
+            _, labels = generate_scene_labels(index, size=64, domain=domain, seed=2, config=config)
+            assert labels.max() == 1
+            rows, cols = np.nonzero(labels)
+            # Placed with its centre in the middle 30 % of each axis; clutter may hide parts of it
+            assert 0.15 * 64 < rows.mean() < 0.85 * 64 and 0.15 * 64 < cols.mean() < 0.85 * 64
+
+    def test_salient_scenes_paint_clutter_without_labelling_it(self):
+        def background_spread(max_objects):
+            config = SceneConfig(
+                salient_min_radius=0.2, salient_max_radius=0.2, min_objects=max_objects, max_objects=max_objects
+            )
+            spreads = []
+            for index in range(12):
+                image, labels = generate_scene_labels(index, size=64, seed=4, config=config)
+                assert labels.max() == 1
+                spreads.append(image[labels == 0].astype(float).std(axis=0).mean())
+            return np.mean(spreads)
+
+        # Six more objects on the unlabelled part of the image widen its colours well beyond a bare background's
+        assert background_spread(7) > background_spread(1) + 5
+
+    def test_bad_salient_radii_raise(self):
+        with pytest.raises(ValueError, match="salient_min_radius"):
+            SceneConfig(salient_min_radius=0.2)
+        with pytest.raises(ValueError, match="salient_min_radius"):
+            SceneConfig(salient_min_radius=0.3, salient_max_radius=0.2)
+        with pytest.raises(ValueError, match="salient_min_radius"):
+            SceneConfig(salient_min_radius=0.2, salient_max_radius=0.6)
+
     def test_labels_to_masks(self):
         labels = np.array([[0, 1, 1], [2, 2, 0]], dtype=np.uint8)
         masks = labels_to_masks(labels)

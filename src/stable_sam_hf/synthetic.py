@@ -82,6 +82,13 @@ class SceneConfig:
             area for it to be kept.
         max_noise_std (`float`, *optional*, defaults to 0.03): largest standard deviation of the pixel noise
             (intensities in [0, 1]).
+        salient_min_radius (`float`, *optional*, defaults to 0.0): with `salient_max_radius`, the radius range of a
+            salient object (fractions of the image side). 0 and 0 (the default) give SA-1B-like scenes: every
+            object is labelled, hence a target. Above 0 give HQSeg-like scenes: the first object is a large one
+            near the centre, the others are clutter that may touch, nest in or lie on it, and only the salient
+            object is labelled (the rest is background), as in HQSeg-44K and the HQ benchmarks, whose images
+            each annotate one foreground object. `min_objects` and `max_objects` count the salient object too.
+        salient_max_radius (`float`, *optional*, defaults to 0.0): see `salient_min_radius`.
     """
 
     min_objects: int = 4
@@ -97,6 +104,8 @@ class SceneConfig:
     min_visible_area: float = 0.003
     min_visible_fraction: float = 0.2
     max_noise_std: float = 0.03
+    salient_min_radius: float = 0.0
+    salient_max_radius: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.min_objects <= self.max_objects <= 255:
@@ -120,6 +129,19 @@ class SceneConfig:
             )
         if self.max_noise_std < 0:
             raise ValueError(f"`max_noise_std` must be >= 0, got {self.max_noise_std}.")
+        if not (self.salient_min_radius == self.salient_max_radius == 0) and not (
+            0 < self.salient_min_radius <= self.salient_max_radius <= 0.5
+        ):
+            raise ValueError(
+                "`salient_min_radius` and `salient_max_radius` must both be 0 (no salient object) or satisfy "
+                f"0 < salient_min_radius <= salient_max_radius <= 0.5, got {self.salient_min_radius} and "
+                f"{self.salient_max_radius}."
+            )
+
+    @property
+    def salient(self) -> bool:
+        """Whether scenes have one salient, labelled object among unlabelled clutter (HQSeg-like)."""
+        return self.salient_max_radius > 0
 
     @classmethod
     def from_strings(cls, settings) -> "SceneConfig":
@@ -532,6 +554,14 @@ def _place(rng, placed: list[_Placed], shape_names, weights, config: SceneConfig
     return shape, centre, radius
 
 
+def _place_salient(rng, shape_names, weights, config: SceneConfig, size: int):
+    """The salient object: any shape of the domain, large, its centre in the middle 30 % of each axis."""
+    shape = shape_names[int(rng.choice(len(shape_names), p=weights))]
+    radius = size * rng.uniform(config.salient_min_radius, config.salient_max_radius)
+    centre = (size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65))
+    return shape, centre, radius
+
+
 def _render(rng: np.random.Generator, size: int, domain: str, config: SceneConfig) -> tuple[np.ndarray, np.ndarray]:
     y, x = _grid(size)
     scale = size / _REFERENCE_SIZE
@@ -554,7 +584,10 @@ def _render(rng: np.random.Generator, size: int, domain: str, config: SceneConfi
     colour_pool = []
     full_areas = []
     for index in range(int(rng.integers(config.min_objects, config.max_objects + 1))):
-        shape, (cx, cy), radius = _place(rng, placed, shape_names, weights, config, domain, size)
+        if index == 0 and config.salient:
+            shape, (cx, cy), radius = _place_salient(rng, shape_names, weights, config, size)
+        else:
+            shape, (cx, cy), radius = _place(rng, placed, shape_names, weights, config, domain, size)
         mask, hole = _SHAPE_FUNCTIONS[shape](rng, x, y, cx, cy, radius, scale)
         filled = shape in _FILLED[domain]
         if filled or shape in _CONTAINERS:
@@ -611,6 +644,9 @@ def _render(rng: np.random.Generator, size: int, domain: str, config: SceneConfi
     mapping = np.zeros(len(full_areas) + 1, dtype=np.uint8)
     mapping[1:][keep] = np.arange(1, int(keep.sum()) + 1)
     labels = mapping[labels]
+    if config.salient:
+        # Only the salient object (painted first, so label 1 when kept) is annotated; no label means a redraw
+        labels = (labels == 1).astype(np.uint8) if keep[0] else np.zeros_like(labels)
 
     # Illumination gradient and sensor noise
     gx, gy = rng.uniform(-0.25, 0.25, 2)
