@@ -6,9 +6,10 @@
 
 Steps, each through the project's own scripts so the demo exercises the real paths:
 1. data: synthetic scenes (`stable_sam_hf.synthetic`) written in HQSeg-44K's folder layout and turned into a streamed
-   parquet dataset by `training/prepare_hqseg44k.py` (skipped when `--dataset` is given). Training scenes go where
-   DIS5K-TR would be; held-out scenes of the training domain where DIS5K-VD would be; a shifted domain (shapes,
-   colours and textures never seen in training) where COIFT would be;
+   parquet dataset by `training/prepare_hqseg44k.py` (skipped when `--dataset` is given). Like HQSeg-44K, each scene
+   annotates one object (`--scene_config`; the toy base was trained on scenes with every object labelled, as SAM was
+   on SA-1B). Training scenes go where DIS5K-TR would be; held-out scenes of the training domain where DIS5K-VD
+   would be; a shifted domain (shapes, colours and textures never seen in training) where COIFT would be;
 2. training: `accelerate launch training/train.py` once per method, with the same data, prompts, loss and steps;
 3. evaluation: `training/evaluate_model.py` under GT box, noisy box, 1 point and 3 points, seeded prompts shared by
    every model; then the table, the plots and a side-by-side figure of SAM and Stable-SAM on noisy boxes.
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,18 @@ SYNTHETIC_SUBSETS = {
     "shifted": ("thin_object_detection/COIFT/images", "thin_object_detection/COIFT/masks"),
 }
 DATASET_LABELS = {"DIS5K-VD": "held-out scenes", "COIFT": "shifted domain"}
+# The demo's world (SceneConfig knobs): HQSeg-like scenes, one large labelled object and up to two smaller unlabelled
+# ones, as HQSeg-44K and the paper's HQ benchmarks annotate one foreground object per image. The toy base was trained
+# the way SAM was, on SA-1B-like scenes where every object is labelled (`--scene_config salient_min_radius=0
+# salient_max_radius=0` gives those back; README, "The offline demo", measures the worlds in between).
+HQ_LIKE_SCENES = (
+    "salient_min_radius=0.2",
+    "salient_max_radius=0.3",
+    "min_objects=1",
+    "max_objects=3",
+    "min_radius=0.08",
+    "max_radius=0.16",
+)
 METHOD_LEARNING_RATES = {"stable": 1e-3, "lora": 1e-3, "adapter": 1e-3, "decoder": 1e-4, "hq": 1e-3}
 
 logger = logging.getLogger("quickstart")
@@ -62,8 +76,15 @@ class QuickstartArguments:
             "help": "Learning-rate multiplier of Stable-SAM's DSP projection (train.py's option; 1.0: the paper's)."
         },
     )
-    num_train_scenes: int = field(default=600, metadata={"help": "Synthetic training scenes (several objects each)."})
-    num_eval_scenes: int = field(default=24, metadata={"help": "Synthetic held-out scenes per domain."})
+    scene_config: list[str] = field(
+        default_factory=lambda: list(HQ_LIKE_SCENES),
+        metadata={
+            "help": "Scene generator knobs for the training and held-out scenes, `name=value` (SceneConfig fields; "
+            "unnamed knobs keep SceneConfig's defaults). The default: HQSeg-like scenes, one labelled object each."
+        },
+    )
+    num_train_scenes: int = field(default=2400, metadata={"help": "Synthetic training scenes."})
+    num_eval_scenes: int = field(default=60, metadata={"help": "Synthetic held-out scenes per domain."})
     max_objects_per_dataset: int = field(default=60, metadata={"help": "Objects evaluated per dataset."})
     prompt_types: list[str] = field(
         default_factory=lambda: ["box", "noisy_box", "points_1", "points_3"],
@@ -89,8 +110,9 @@ def _env() -> dict:
 
 
 def make_synthetic_dataset(args: QuickstartArguments, output_dir: Path) -> Path:
-    from stable_sam_hf.synthetic import write_scene_tree
+    from stable_sam_hf.synthetic import SceneConfig, write_scene_tree
 
+    config = SceneConfig.from_strings(args.scene_config)
     raw = output_dir / "scenes"
     shutil.rmtree(raw, ignore_errors=True)
     # Scenes the toy base never saw: its training used scene indices below 10,000
@@ -99,20 +121,31 @@ def make_synthetic_dataset(args: QuickstartArguments, output_dir: Path) -> Path:
         "held-out": ("train", 20_000, args.num_eval_scenes),
         "shifted": ("shifted", 20_000, args.num_eval_scenes),
     }
-    for split, (domain, start, count) in plan.items():
-        image_dir, mask_dir = SYNTHETIC_SUBSETS[split]
-        common = os.path.commonpath([image_dir, mask_dir])
-        write_scene_tree(
-            raw,
-            count,
-            size=args.output_size,
-            domain=domain,
-            seed=args.seed,
-            start=start,
-            dataset_name=common,
-            image_dir=os.path.relpath(image_dir, common),
-            mask_dir=os.path.relpath(mask_dir, common),
-        )
+    # Scenes are independent of each other: chunks of them are written in parallel, one process per core
+    chunk = 300
+    with ProcessPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 4))) as pool:
+        futures = []
+        for split, (domain, start, count) in plan.items():
+            image_dir, mask_dir = SYNTHETIC_SUBSETS[split]
+            common = os.path.commonpath([image_dir, mask_dir])
+            for first in range(start, start + count, chunk):
+                futures.append(
+                    pool.submit(
+                        write_scene_tree,
+                        raw,
+                        min(chunk, start + count - first),
+                        size=args.output_size,
+                        domain=domain,
+                        seed=args.seed,
+                        start=first,
+                        dataset_name=common,
+                        image_dir=os.path.relpath(image_dir, common),
+                        mask_dir=os.path.relpath(mask_dir, common),
+                        config=config,
+                    )
+                )
+        for future in futures:
+            future.result()
     dataset = output_dir / "data"
     logger.info("Preparing the synthetic dataset in HQSeg-44K's layout")
     run(
@@ -135,6 +168,9 @@ def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Pat
     command += ["--per_device_train_batch_size", str(args.per_device_train_batch_size)]
     command += ["--learning_rate", str(METHOD_LEARNING_RATES[method]), "--seed", str(args.seed)]
     command += ["--report_to", "none", "--checkpointing_steps", "0", "--logging_steps", "25"]
+    # One worker process prepares the next batch (decoding, jitter, occlusion, prompts) while this one trains: the
+    # same batches in the same order, about 10 % less time on 2 cores
+    command += ["--dataloader_num_workers", "1"]
     if method == "stable":
         command += ["--projection_lr_scale", str(args.projection_lr_scale)]
     run(command, run_dir / "train.log")
@@ -159,9 +195,10 @@ def side_by_side(args: QuickstartArguments, stable_run: Path, output_dir: Path) 
     from PIL import Image
 
     from stable_sam_hf.prompts import masks_to_boxes
-    from stable_sam_hf.synthetic import generate_scene
+    from stable_sam_hf.synthetic import SceneConfig, generate_scene
 
-    image, masks = generate_scene(20_000, size=args.output_size, domain="train", seed=args.seed)
+    config = SceneConfig.from_strings(args.scene_config)
+    image, masks = generate_scene(20_000, size=args.output_size, domain="train", seed=args.seed, config=config)
     largest = int(masks.reshape(len(masks), -1).sum(1).argmax())
     box = masks_to_boxes(masks[largest : largest + 1])[0].tolist()
     image_path = output_dir / "held_out_scene.png"
@@ -218,6 +255,9 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
 
 def main(argv=None):
     (args,) = HfArgumentParser(QuickstartArguments, description=__doc__).parse_args_into_dataclasses(args=argv)
+    from stable_sam_hf.synthetic import SceneConfig
+
+    SceneConfig.from_strings(args.scene_config)  # a bad knob fails here, before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

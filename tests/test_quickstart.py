@@ -27,13 +27,13 @@ def quickstart_run(tmp_path_factory):
             "--num_train_scenes",
             "80",
             "--num_eval_scenes",
-            "8",
+            "20",
             "--max_train_steps",
             "40",
             "--num_prompts",
             "3",
             "--max_objects_per_dataset",
-            "30",
+            "20",
         ]
     )
     return output_dir
@@ -58,5 +58,19 @@ def test_quickstart_reports_every_cell(quickstart_run):
     for row in rows:  # every trained model has its paired difference to the base, with an interval around it
         if row["model"] != "base":
             assert float(row["mIoU_diff_low"]) <= float(row["mIoU_diff"]) <= float(row["mIoU_diff_high"])
+    # The demo's default world is HQSeg-like: one labelled object per held-out scene
+    masks = sorted((quickstart_run / "scenes" / "DIS5K" / "DIS-VD" / "gt").glob("*.png"))
+    assert len(masks) == 20 and all(path.stem.endswith("_obj1") for path in masks)
     with Image.open(quickstart_run / "compare_with_sam.png") as figure:
         assert figure.width > 200 and figure.height > 200
+
+
+def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import quickstart
+
+    with pytest.raises(ValueError, match="`scene_config` entries must be `name=value`"):
+        quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "clutter=3"])
+    with pytest.raises(ValueError, match="salient_min_radius"):
+        quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "salient_min_radius=0.2"])
+    assert not (tmp_path / "run").exists()
