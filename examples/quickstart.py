@@ -25,8 +25,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import HfArgumentParser
+
+
+if TYPE_CHECKING:
+    from stable_sam_hf.synthetic import SceneConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,10 +114,9 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
 
-def make_synthetic_dataset(args: QuickstartArguments, output_dir: Path) -> Path:
-    from stable_sam_hf.synthetic import SceneConfig, write_scene_tree
+def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", output_dir: Path) -> Path:
+    from stable_sam_hf.synthetic import write_scene_tree
 
-    config = SceneConfig.from_strings(args.scene_config)
     raw = output_dir / "scenes"
     shutil.rmtree(raw, ignore_errors=True)
     # Scenes the toy base never saw: its training used scene indices below 10,000
@@ -190,14 +194,13 @@ def evaluate(args: QuickstartArguments, runs: dict[str, Path], dataset: Path, ou
     return eval_dir
 
 
-def side_by_side(args: QuickstartArguments, stable_run: Path, output_dir: Path) -> Path:
+def side_by_side(args: QuickstartArguments, config: "SceneConfig", stable_run: Path, output_dir: Path) -> Path:
     """SAM (alpha_1 = 0) and Stable-SAM on the same noisy boxes around one held-out object."""
     from PIL import Image
 
     from stable_sam_hf.prompts import masks_to_boxes
-    from stable_sam_hf.synthetic import SceneConfig, generate_scene
+    from stable_sam_hf.synthetic import generate_scene
 
-    config = SceneConfig.from_strings(args.scene_config)
     image, masks = generate_scene(20_000, size=args.output_size, domain="train", seed=args.seed, config=config)
     largest = int(masks.reshape(len(masks), -1).sum(1).argmax())
     box = masks_to_boxes(masks[largest : largest + 1])[0].tolist()
@@ -257,13 +260,13 @@ def main(argv=None):
     (args,) = HfArgumentParser(QuickstartArguments, description=__doc__).parse_args_into_dataclasses(args=argv)
     from stable_sam_hf.synthetic import SceneConfig
 
-    SceneConfig.from_strings(args.scene_config)  # a bad knob fails here, before any work
+    config = SceneConfig.from_strings(args.scene_config)  # a bad knob fails here, before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    dataset = Path(args.dataset) if args.dataset else make_synthetic_dataset(args, output_dir)
+    dataset = Path(args.dataset) if args.dataset else make_synthetic_dataset(args, config, output_dir)
     runs = {method: train(args, method, dataset, output_dir) for method in args.methods}
     trainable = {}
     for method, run_dir in runs.items():
@@ -271,7 +274,7 @@ def main(argv=None):
         trainable[method] = int(log.split("trainable parameters=")[1].split()[0].replace(",", ""))
     eval_dir = evaluate(args, runs, dataset, output_dir)
 
-    figure = side_by_side(args, runs["stable"], output_dir) if "stable" in runs else None
+    figure = side_by_side(args, config, runs["stable"], output_dir) if "stable" in runs else None
     table = summary_table(eval_dir, trainable)
     (output_dir / "summary.md").write_text(table + "\n")
     print(table)

@@ -647,7 +647,7 @@ def main(argv=None) -> dict:
             )
             alpha_lines.append(f"- {name}: {alphas}; DSP offset length (embedding pixels) {offsets}")
     ambiguity_lines = ["", "Noisy boxes of the held-out scenes, the model aside", ""]
-    if SceneConfig.from_strings(args.scene_config).salient:
+    if scene_config.salient:
         ambiguity_lines[1] += " (labelled objects only: these HQSeg-like scenes leave their clutter unlabelled)"
     for domain, values in ambiguity.items():
         ambiguity_lines.append(
