@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -35,6 +34,7 @@ from stable_sam_hf.metrics import bootstrap_interval
 from stable_sam_hf.prompts import EVALUATION_PROMPT_TYPES, box_iou, masks_to_boxes
 
 from fixtures import load_prepare_script, make_hqseg_tree
+from processes import run_distributed
 from tiny import perturb_plugins_, tiny_sam_config, tiny_stable_sam_config
 
 
@@ -332,9 +332,22 @@ def test_two_processes_agree_with_one(workspace, tmp_path):
     evaluate_model.main(argv(tmp_path / "one"))
     # torchrun starts the processes; accelerate runs them on the CPU with a gloo process group
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += [str(ROOT / "training" / "evaluate_model.py"), *argv(tmp_path / "two")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    script = [str(ROOT / "training" / "evaluate_model.py"), *argv(tmp_path / "two")]
+    result = run_distributed(
+        lambda port: [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            *script,
+        ],
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # Each process evaluated its own share of the objects
     shares = [len((tmp_path / "two" / f"per_object.rank{rank}.jsonl").read_text().splitlines()) for rank in (0, 1)]

@@ -17,6 +17,7 @@ from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import METHODS, TRAINABLE_WEIGHTS_NAME
 
 from fixtures import make_hqseg_tree
+from processes import run_distributed, run_process
 from tiny import tiny_sam_config
 
 
@@ -31,12 +32,10 @@ def workspace(tmp_path_factory):
     torch.manual_seed(0)
     SamModel(tiny_sam_config()).save_pretrained(root / "sam")
     make_hqseg_tree(root / "raw", n_per_dataset=6, size=(48, 64))
-    subprocess.run(
-        [sys.executable, str(PREPARE), "--source", str(root / "raw"), "--output_dir", str(root / "data")],
-        check=True,
-        capture_output=True,
-        env=_env(),
+    result = run_process(
+        [sys.executable, str(PREPARE), "--source", str(root / "raw"), "--output_dir", str(root / "data")], env=_env()
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 
@@ -66,15 +65,14 @@ def _train_args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _run(args: list[str], launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable]) + [str(TRAIN), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env={**_env(), **(env or {})}, cwd=ROOT)
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    result = run_process([sys.executable, str(TRAIN), *args], env=_env(), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def test_help_documents_every_option():
-    result = subprocess.run([sys.executable, str(TRAIN), "--help"], capture_output=True, text=True, env=_env())
+    result = run_process([sys.executable, str(TRAIN), "--help"], env=_env())
     assert result.returncode == 0
     sys.path.insert(0, str(TRAIN.parent))
     import train  # noqa: E402
@@ -139,7 +137,7 @@ def test_projection_lr_scale_slows_only_the_dsp_projection(workspace, tmp_path):
 
 def test_projection_lr_scale_must_be_positive(workspace, tmp_path):
     command = [sys.executable, str(TRAIN), *_train_args(workspace, tmp_path, "--projection_lr_scale", "0")]
-    result = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    result = run_process(command, env=_env(), cwd=ROOT)
     assert result.returncode != 0 and "`projection_lr_scale` must be > 0" in result.stderr
 
 
@@ -156,12 +154,15 @@ def test_resume_after_kill_matches_uninterrupted_run(workspace, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
-    while not (interrupted / "checkpoint-2" / "training_state.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        deadline = time.monotonic() + 300
+        while not (interrupted / "checkpoint-2" / "training_state.json").exists():
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no first checkpoint within 300 s"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     assert not (interrupted / "training_summary.json").exists(), "the run finished before it was killed"
 
     _run(_train_args(workspace, interrupted, *steps, "--resume_from_checkpoint", "latest"))
@@ -186,11 +187,12 @@ def test_two_processes_agree_with_one(workspace, tmp_path):
     _run(_train_args(workspace, tmp_path / "one", *steps))
     # `accelerate launch --cpu --num_processes 2` starts one process (accelerate 1.15); this starts two on the CPU
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    result = _run(
-        _train_args(workspace, tmp_path / "two", *steps, "--per_device_train_batch_size", "1"),
-        launcher=launcher,
-        env={"ACCELERATE_USE_CPU": "true"},
+    launcher += ["--main_process_ip", "127.0.0.1", "--main_process_port"]
+    args = _train_args(workspace, tmp_path / "two", *steps, "--per_device_train_batch_size", "1")
+    result = run_distributed(
+        lambda port: [*launcher, str(port), str(TRAIN), *args], env={**_env(), "ACCELERATE_USE_CPU": "true"}, cwd=ROOT
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "1 x 2 processes" in result.stderr, "training did not run in two processes"
     one = json.loads((tmp_path / "one" / "training_summary.json").read_text())["losses"]
     two = json.loads((tmp_path / "two" / "training_summary.json").read_text())["losses"]
