@@ -9,7 +9,9 @@ Steps, each through the project's own scripts so the demo exercises the real pat
    parquet dataset by `training/prepare_hqseg44k.py` (skipped when `--dataset` is given). Like HQSeg-44K, each scene
    annotates one object (`--scene_config`; the toy base was trained on scenes with every object labelled, as SAM was
    on SA-1B). Training scenes go where DIS5K-TR would be; held-out scenes of the training domain where DIS5K-VD
-   would be; a shifted domain (shapes, colours and textures never seen in training) where COIFT would be;
+   would be; a shifted domain (shapes, colours and textures never seen in training) where COIFT would be; with
+   `--num_coco_like_scenes`, SA-1B-like scenes (every object labelled, as in MS COCO) where HRSOD would be, the toy's
+   stand-in for the paper's COCO evaluation after HQ training (appendix Table 9);
 2. training: `accelerate launch training/train.py` once per method, with the same data, prompts, loss and steps;
 3. evaluation: `training/evaluate_model.py` under GT box, noisy box, 1 point and 3 points, seeded prompts shared by
    every model; then the table, the plots and a side-by-side figure of SAM and Stable-SAM on noisy boxes.
@@ -41,8 +43,9 @@ SYNTHETIC_SUBSETS = {
     "train": ("DIS5K/DIS-TR/im", "DIS5K/DIS-TR/gt"),
     "held-out": ("DIS5K/DIS-VD/im", "DIS5K/DIS-VD/gt"),
     "shifted": ("thin_object_detection/COIFT/images", "thin_object_detection/COIFT/masks"),
+    "coco-like": ("thin_object_detection/HRSOD/images", "thin_object_detection/HRSOD/masks_max255"),
 }
-DATASET_LABELS = {"DIS5K-VD": "held-out scenes", "COIFT": "shifted domain"}
+DATASET_LABELS = {"DIS5K-VD": "held-out scenes", "COIFT": "shifted domain", "HRSOD": "COCO-like scenes"}
 # The demo's world (SceneConfig knobs): HQSeg-like scenes, one large labelled object and up to two smaller unlabelled
 # ones, as HQSeg-44K and the paper's HQ benchmarks annotate one foreground object per image. The toy base was trained
 # the way SAM was, on SA-1B-like scenes where every object is labelled (`--scene_config salient_min_radius=0
@@ -90,6 +93,14 @@ class QuickstartArguments:
     )
     num_train_scenes: int = field(default=2400, metadata={"help": "Synthetic training scenes."})
     num_eval_scenes: int = field(default=60, metadata={"help": "Synthetic held-out scenes per domain."})
+    num_coco_like_scenes: int = field(
+        default=0,
+        metadata={
+            "help": "SA-1B-like held-out scenes (the base's own world: 4 to 8 objects, every one labelled, as in MS "
+            "COCO) evaluated beside the others, as the paper evaluates its HQ-trained models on COCO (Table 9); "
+            "about 6 objects each, and at most --max_objects_per_dataset of them are evaluated. 0 leaves them out."
+        },
+    )
     max_objects_per_dataset: int = field(default=60, metadata={"help": "Objects evaluated per dataset."})
     prompt_types: list[str] = field(
         default_factory=lambda: ["box", "noisy_box", "points_1", "points_3"],
@@ -97,6 +108,11 @@ class QuickstartArguments:
     )
     num_prompts: int = field(default=3, metadata={"help": "Seeded prompts per object and prompt type (K)."})
     seed: int = field(default=0, metadata={"help": "Seed of scenes, training and prompts."})
+
+    def __post_init__(self):
+        for name, least in (("num_train_scenes", 1), ("num_eval_scenes", 1), ("num_coco_like_scenes", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"`{name}` must be an integer >= {least}, got {getattr(self, name)}.")
 
 
 def run(command: list[str], log: Path) -> None:
@@ -115,21 +131,23 @@ def _env() -> dict:
 
 
 def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", output_dir: Path) -> Path:
-    from stable_sam_hf.synthetic import write_scene_tree
+    from stable_sam_hf.synthetic import SceneConfig, write_scene_tree
 
     raw = output_dir / "scenes"
     shutil.rmtree(raw, ignore_errors=True)
     # Scenes the toy base never saw: its training used scene indices below 10,000
     plan = {
-        "train": ("train", 10_000, args.num_train_scenes),
-        "held-out": ("train", 20_000, args.num_eval_scenes),
-        "shifted": ("shifted", 20_000, args.num_eval_scenes),
+        "train": ("train", 10_000, args.num_train_scenes, config),
+        "held-out": ("train", 20_000, args.num_eval_scenes, config),
+        "shifted": ("shifted", 20_000, args.num_eval_scenes, config),
+        # The base's own world, every object labelled, whatever `--scene_config` says
+        "coco-like": ("train", 30_000, args.num_coco_like_scenes, SceneConfig()),
     }
     # Scenes are independent of each other: chunks of them are written in parallel, one process per core
     chunk = 300
     with ProcessPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 4))) as pool:
         futures = []
-        for split, (domain, start, count) in plan.items():
+        for split, (domain, start, count, split_config) in plan.items():
             image_dir, mask_dir = SYNTHETIC_SUBSETS[split]
             common = os.path.commonpath([image_dir, mask_dir])
             for first in range(start, start + count, chunk):
@@ -145,7 +163,7 @@ def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", out
                         dataset_name=common,
                         image_dir=os.path.relpath(image_dir, common),
                         mask_dir=os.path.relpath(mask_dir, common),
-                        config=config,
+                        config=split_config,
                     )
                 )
         for future in futures:

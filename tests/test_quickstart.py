@@ -28,6 +28,8 @@ def quickstart_run(tmp_path_factory):
             "80",
             "--num_eval_scenes",
             "20",
+            "--num_coco_like_scenes",
+            "4",
             "--max_train_steps",
             "40",
             "--num_prompts",
@@ -50,7 +52,7 @@ def test_quickstart_reports_every_cell(quickstart_run):
         rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
     cells = {(row["model"], row["dataset"], row["prompt_type"]) for row in rows}
     for model in ("base", "stable"):
-        for dataset in ("DIS5K-VD", "COIFT"):
+        for dataset in ("DIS5K-VD", "COIFT", "HRSOD"):
             for prompt_type in ("box", "noisy_box", "points_1", "points_3"):
                 assert (model, dataset, prompt_type) in cells
     summary = (quickstart_run / "summary.md").read_text()
@@ -61,6 +63,11 @@ def test_quickstart_reports_every_cell(quickstart_run):
     # The demo's default world is HQSeg-like: one labelled object per held-out scene
     masks = sorted((quickstart_run / "scenes" / "DIS5K" / "DIS-VD" / "gt").glob("*.png"))
     assert len(masks) == 20 and all(path.stem.endswith("_obj1") for path in masks)
+    # The COCO-like scenes are the base's own world, whatever --scene_config says: several labelled objects each
+    coco_like = sorted((quickstart_run / "scenes" / "thin_object_detection" / "HRSOD" / "masks_max255").glob("*.png"))
+    scenes = {path.stem.split("_obj")[0] for path in coco_like}
+    assert len(scenes) == 4 and len(coco_like) >= 2 * len(scenes)
+    assert "COCO-like scenes" in summary
     with Image.open(quickstart_run / "compare_with_sam.png") as figure:
         assert figure.width > 200 and figure.height > 200
 
@@ -73,4 +80,6 @@ def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "clutter=3"])
     with pytest.raises(ValueError, match="salient_min_radius"):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "salient_min_radius=0.2"])
+    with pytest.raises(ValueError, match="`num_coco_like_scenes` must be an integer >= 0, got -1"):
+        quickstart.main(["--output_dir", str(tmp_path / "run"), "--num_coco_like_scenes", "-1"])
     assert not (tmp_path / "run").exists()
