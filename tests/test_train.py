@@ -135,6 +135,16 @@ def test_projection_lr_scale_slows_only_the_dsp_projection(workspace, tmp_path):
     assert max(change[name] for name in change if name not in projection) > 1e-4
 
 
+def test_ddp_timeout_must_be_positive():
+    sys.path.insert(0, str(TRAIN.parent))
+    import train  # noqa: E402
+
+    with pytest.raises(ValueError, match="`ddp_timeout` must be a positive number of seconds, got 0"):
+        train.parse_args(["--dataset", "d", "--base_model", "m", "--output_dir", "o", "--ddp_timeout", "0"])
+    *_, args = train.parse_args(["--dataset", "d", "--base_model", "m", "--output_dir", "o", "--ddp_timeout", "90"])
+    assert args.ddp_timeout == 90
+
+
 def test_projection_lr_scale_must_be_positive(workspace, tmp_path):
     command = [sys.executable, str(TRAIN), *_train_args(workspace, tmp_path, "--projection_lr_scale", "0")]
     result = run_process(command, env=_env(), cwd=ROOT)
@@ -183,7 +193,8 @@ def test_resume_after_kill_matches_uninterrupted_run(workspace, tmp_path):
 
 
 def test_two_processes_agree_with_one(workspace, tmp_path):
-    steps = ["--max_train_steps", "3", "--checkpointing_steps", "0"]
+    # A collective that hangs fails the run within two minutes
+    steps = ["--max_train_steps", "3", "--checkpointing_steps", "0", "--ddp_timeout", "120"]
     _run(_train_args(workspace, tmp_path / "one", *steps))
     # `accelerate launch --cpu --num_processes 2` starts one process (accelerate 1.15); this starts two on the CPU
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]

@@ -17,10 +17,11 @@ import math
 import shutil
 import zlib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -98,6 +99,13 @@ class RecipeArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker ('none' for none)."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss and lr every N optimizer steps."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={
+            "help": "Seconds a process waits in a collective (gradient all-reduce, batch dispatch, barrier) before "
+            "the run fails, when several processes train; transformers' `ddp_timeout`."
+        },
+    )
 
     def __post_init__(self):
         for name in ("total_batch_size", "per_device_train_batch_size", "max_train_steps", "logging_steps"):
@@ -105,6 +113,8 @@ class RecipeArguments:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.checkpointing_steps < 0:
             raise ValueError(f"`checkpointing_steps` must be >= 0, got {self.checkpointing_steps}.")
+        if self.ddp_timeout < 1:
+            raise ValueError(f"`ddp_timeout` must be a positive number of seconds, got {self.ddp_timeout}.")
         if self.projection_lr_scale <= 0:
             raise ValueError(f"`projection_lr_scale` must be > 0, got {self.projection_lr_scale}.")
         if not self.prompt_types:
@@ -195,7 +205,10 @@ def main(argv=None):
         # One process reads the stream and hands every process its slice: the global batch is the same samples
         # whatever the number of processes
         dataloader_config=DataLoaderConfiguration(dispatch_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True),
+            InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout)),
+        ],
     )
     per_step = args.per_device_train_batch_size * accelerator.num_processes
     if args.total_batch_size % per_step:
