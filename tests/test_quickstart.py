@@ -82,4 +82,7 @@ def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "salient_min_radius=0.2"])
     with pytest.raises(ValueError, match="`num_coco_like_scenes` must be an integer >= 0, got -1"):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--num_coco_like_scenes", "-1"])
+    for methods in (["stable", "finetune"], ["stable", "stable"]):
+        with pytest.raises(ValueError, match="`methods` must name distinct methods among"):
+            quickstart.main(["--output_dir", str(tmp_path / "run"), "--methods", *methods])
     assert not (tmp_path / "run").exists()

@@ -103,6 +103,16 @@ def test_every_method_trains_its_own_parameters(workspace, tmp_path, method):
         assert torch.equal(model.state_dict()[next(iter(trained))], next(iter(trained.values())))
     elif method == "decoder":
         assert all(name.startswith("mask_decoder.") for name in trained) and moved
+    elif method == "stable_decoder":
+        assert all(name.startswith("mask_decoder.") for name in trained) and moved
+        assert sorted(new) == sorted(name for name in trained if ".dsp." in name or ".drp." in name)
+        assert sum(trained[name].numel() for name in new) == 3204
+        decoder = StableSamModel.from_pretrained(workspace / "sam").mask_decoder
+        assert set(trained) == {f"mask_decoder.{name}" for name, _ in decoder.named_parameters()}
+    elif method == "heads":
+        assert all(name.startswith("mask_decoder.output_hypernetworks_mlps.") for name in trained)
+        # Single-mask training: only the first mask token's head gets a gradient
+        assert moved and all(name.startswith("mask_decoder.output_hypernetworks_mlps.0.") for name in moved)
     elif method == "lora":
         assert any("lora_A" in name for name in new) and any("output_hypernetworks_mlps" in name for name in trained)
         assert not any(name.startswith("base_model.model.vision_encoder") and "lora" not in name for name in trained)
@@ -133,6 +143,26 @@ def test_projection_lr_scale_slows_only_the_dsp_projection(workspace, tmp_path):
     projection = [name for name in change if ".dsp.proj." in name]
     assert projection and all(change[name] < 1e-7 for name in projection)
     assert max(change[name] for name in change if name not in projection) > 1e-4
+
+
+def test_decoder_learning_rate_sets_only_sams_decoder_rate(workspace, tmp_path):
+    extra = ["--method", "stable_decoder", "--max_train_steps", "2", "--checkpointing_steps", "0"]
+    _run(_train_args(workspace, tmp_path, *extra, "--decoder_learning_rate", "1e-9"))
+    trained = load_file(str(tmp_path / TRAINABLE_WEIGHTS_NAME))
+    fresh = StableSamModel.from_pretrained(workspace / "sam").state_dict()
+    change = {name: (tensor - fresh[name]).abs().max().item() for name, tensor in trained.items()}
+    plugins = [name for name in change if ".dsp." in name or ".drp." in name]
+    decoder = [name for name in change if name not in plugins]
+    assert plugins and decoder and all(change[name] < 1e-7 for name in decoder)
+    assert max(change[name] for name in plugins) > 1e-4
+
+
+def test_decoder_learning_rate_must_be_positive():
+    sys.path.insert(0, str(TRAIN.parent))
+    import train  # noqa: E402
+
+    with pytest.raises(ValueError, match="`decoder_learning_rate` must be > 0, got 0.0"):
+        train.parse_args(["--dataset", "d", "--base_model", "m", "--output_dir", "o", "--decoder_learning_rate", "0"])
 
 
 def test_ddp_timeout_must_be_positive():

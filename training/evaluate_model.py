@@ -745,13 +745,12 @@ def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: 
         plt.close(figure)
         written.append(path)
 
-    for column, name, ylabel, title, only_stable in (
-        ("mIoU", "miou_vs_points.png", "mIoU (%)", "mIoU against the number of points", False),
-        ("alpha_1", "alpha1_vs_points.png", "alpha_1", "alpha_1 against the number of points", True),
+    # Models without a router have no alpha_1: `_points_rows` leaves them out of that plot
+    for column, name, ylabel, title in (
+        ("mIoU", "miou_vs_points.png", "mIoU (%)", "mIoU against the number of points"),
+        ("alpha_1", "alpha1_vs_points.png", "alpha_1", "alpha_1 against the number of points"),
     ):
-        curves = [
-            (spec, _points_rows(rows, spec, column)) for spec in specs if not only_stable or spec.method == "stable"
-        ]
+        curves = [(spec, _points_rows(rows, spec, column)) for spec in specs]
         curves = [(spec, points) for spec, points in curves if points]
         if not curves:
             continue
@@ -819,9 +818,9 @@ def main(argv=None) -> list[dict[str, Any]]:
     for spec in specs:
         logger.info(f"Evaluating {spec.name} = {spec.model_id}")
         model = load_model(spec).to(accelerator.device)
-        if args.routing_weight and spec.method != "stable":
-            logger.info(f"{spec.name} is not a Stable-SAM model: no routing-weight sweep")
         predictor = SamPredictor(model, decoder_batch_size=args.decoder_batch_size)
+        if args.routing_weight and not predictor.is_stable:
+            logger.info(f"{spec.name} is not a Stable-SAM model: no routing-weight sweep")
         if args.dataset is not None:
             model_records, skipped[spec.name] = evaluate_hq(accelerator, predictor, spec, args, done, writer)
             records.extend(model_records)

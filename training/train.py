@@ -54,7 +54,9 @@ class ModelArguments:
         default="stable",
         metadata={
             "help": "What trains: stable (DSP + DRP plugins), lora (rank 4 on the encoder FFNs + mask heads), "
-            "adapter (AdaptFormer bottleneck 64 + mask heads), decoder (the whole mask decoder), hq (HQ-SAM's parts).",
+            "adapter (AdaptFormer bottleneck 64 + mask heads), decoder (the whole mask decoder), stable_decoder "
+            "(the plugins and the whole mask decoder: the paper's 'Stable-SAM (finetuning decoder)'), heads (the "
+            "mask heads alone), hq (HQ-SAM's parts).",
             "choices": list(METHODS),
         },
     )
@@ -73,6 +75,14 @@ class RecipeArguments:
             "rate). The projection starts as the identity and Adam moves each of its 65,536 entries by about the "
             "learning rate per step; 0.1 keeps it nearer the identity, and the router then separates box from point "
             'prompts more sharply (README, "The offline demo").'
+        },
+    )
+    decoder_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Adam learning rate of SAM's own trainable mask-decoder parameters: the whole decoder for "
+            "decoder and stable_decoder, the mask heads for heads, lora and adapter (default: --learning_rate). "
+            "With stable_decoder it lets the plugins train at their rate and the decoder at a fine-tuning one."
         },
     )
     total_batch_size: int = field(
@@ -117,6 +127,8 @@ class RecipeArguments:
             raise ValueError(f"`ddp_timeout` must be a positive number of seconds, got {self.ddp_timeout}.")
         if self.projection_lr_scale <= 0:
             raise ValueError(f"`projection_lr_scale` must be > 0, got {self.projection_lr_scale}.")
+        if self.decoder_learning_rate is not None and self.decoder_learning_rate <= 0:
+            raise ValueError(f"`decoder_learning_rate` must be > 0, got {self.decoder_learning_rate}.")
         if not self.prompt_types:
             raise ValueError("`prompt_types` must name at least one prompt type.")
         for prompt_type in self.prompt_types:
@@ -233,7 +245,9 @@ def main(argv=None):
 
     dataset = build_train_dataset(data_args, seed=args.seed)
     collator = PromptCollator(args.prompt_types, args.seed, args.noise_scale, mask_prompt_size)
-    parameter_groups = optimizer_parameter_groups(segmenter, args.learning_rate, args.projection_lr_scale)
+    parameter_groups = optimizer_parameter_groups(
+        segmenter, args.learning_rate, args.projection_lr_scale, args.decoder_learning_rate
+    )
     optimizer = torch.optim.Adam(parameter_groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(
         args.lr_scheduler_type,

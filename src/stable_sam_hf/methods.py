@@ -4,6 +4,10 @@
 - `lora`: LoRA rank 4 (peft) on every ViT encoder FFN linear, plus SAM's mask prediction heads.
 - `adapter`: AdaptFormer bottleneck-64 adapters parallel to every ViT encoder FFN, plus the prediction heads.
 - `decoder`: the whole mask decoder.
+- `stable_decoder`: the plugins and the whole mask decoder, the paper's "Stable-SAM (finetuning decoder)" (appendix
+  Table 9: conventional deformable attention, which trains the offset network and the model around it).
+- `heads`: SAM's prediction layer alone, the part of the LoRA and adapter baselines outside the image encoder; a
+  control that tells what the encoder adaptation adds.
 - `hq`: transformers' `SamHQModel` (HQ-SAM), its HQ parts only.
 
 Appendix of the Stable-SAM paper, "LoRA and adapters": the adapters and LoRA sit on the FFN of each ViT layer, and
@@ -22,7 +26,7 @@ from transformers import SamHQConfig, SamHQModel, SamModel
 from .modeling_stable_sam import StableSamModel, is_plugin_parameter
 
 
-METHODS = ("stable", "lora", "adapter", "decoder", "hq")
+METHODS = ("stable", "lora", "adapter", "decoder", "stable_decoder", "heads", "hq")
 
 # Every ViT encoder FFN linear; a bare "lin1" would also match the mask decoder's MLPs
 LORA_TARGET_MODULES = r"vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)"
@@ -290,8 +294,19 @@ def segment_separation(features: torch.Tensor, labels: torch.Tensor, min_share: 
 DSP_PROJECTION_PATTERN = ".dsp.proj."
 
 
-def optimizer_parameter_groups(model: nn.Module, learning_rate: float, projection_lr_scale: float = 1.0) -> list[dict]:
-    """The trainable parameters of `model` as optimizer groups; the DSP projection gets its own learning rate.
+def _is_sam_decoder_parameter(name: str) -> bool:
+    """A trainable parameter of SAM's own mask decoder (not a plugin): `model.mask_decoder.…`, under peft too."""
+    return ".mask_decoder." in f".{name}" and not is_plugin_parameter(name)
+
+
+def optimizer_parameter_groups(
+    model: nn.Module,
+    learning_rate: float,
+    projection_lr_scale: float = 1.0,
+    decoder_learning_rate: float | None = None,
+) -> list[dict]:
+    """The trainable parameters of `model` as optimizer groups; the DSP projection and SAM's own mask-decoder
+    parameters can get their own learning rates.
 
     Adam moves every parameter by about the learning rate per step whatever its gradient's size, so at Stable-SAM's
     1e-3 the 256 x 256 identity projection of the DSP drifts far from the identity within a few hundred steps. A
@@ -302,19 +317,32 @@ def optimizer_parameter_groups(model: nn.Module, learning_rate: float, projectio
         model (`nn.Module`): the model (or `PromptedSegmenter`) whose `requires_grad` parameters train.
         learning_rate (`float`): the learning rate of every other parameter.
         projection_lr_scale (`float`, *optional*, defaults to 1.0): multiplier of the DSP projection's rate.
+        decoder_learning_rate (`float`, *optional*): the rate of SAM's own trainable mask-decoder parameters (the
+            whole decoder for `decoder` and `stable_decoder`, the prediction heads for `heads`, `lora` and
+            `adapter`); `None` gives them `learning_rate`.
 
     Returns:
-        `list[dict]`: one group, or two when a trainable DSP projection exists, each with its `lr`.
+        `list[dict]`: up to three non-empty groups (other, DSP projection, SAM's decoder), each with its `lr`.
     """
     if projection_lr_scale <= 0:
         raise ValueError(f"`projection_lr_scale` must be > 0, got {projection_lr_scale}.")
-    projection, other = [], []
+    if decoder_learning_rate is not None and decoder_learning_rate <= 0:
+        raise ValueError(f"`decoder_learning_rate` must be > 0, got {decoder_learning_rate}.")
+    projection, decoder, other = [], [], []
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (projection if DSP_PROJECTION_PATTERN in f".{name}" else other).append(parameter)
-    groups = [{"params": other, "lr": learning_rate}]
-    if projection:
-        groups.append({"params": projection, "lr": learning_rate * projection_lr_scale})
+        if not parameter.requires_grad:
+            continue
+        if DSP_PROJECTION_PATTERN in f".{name}":
+            projection.append(parameter)
+        elif decoder_learning_rate is not None and _is_sam_decoder_parameter(name):
+            decoder.append(parameter)
+        else:
+            other.append(parameter)
+    groups = [
+        {"params": other, "lr": learning_rate},
+        {"params": projection, "lr": learning_rate * projection_lr_scale},
+        {"params": decoder, "lr": decoder_learning_rate},
+    ]
     return [group for group in groups if group["params"]]
 
 
@@ -328,9 +356,12 @@ def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pre
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     base = str(base_model_name_or_path)
-    if method == "stable":
+    if method in ("stable", "stable_decoder"):
         model = StableSamModel.from_pretrained(base, **from_pretrained_kwargs)
-        _freeze_all_but(model, is_plugin_parameter)
+        if method == "stable":
+            _freeze_all_but(model, is_plugin_parameter)
+        else:
+            _freeze_all_but(model, lambda name: name.startswith("mask_decoder."))
         return PromptedSegmenter(method, model, encoder_trainable=False)
     if method == "hq":
         # HQ-SAM fuses ViT features of the encoder's own width
@@ -342,6 +373,9 @@ def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pre
     model = SamModel.from_pretrained(base, **from_pretrained_kwargs)
     if method == "decoder":
         _freeze_all_but(model, lambda name: name.startswith("mask_decoder."))
+        return PromptedSegmenter(method, model, encoder_trainable=False)
+    if method == "heads":
+        _freeze_all_but(model, lambda name: name.startswith(PREDICTION_HEAD_PREFIXES))
         return PromptedSegmenter(method, model, encoder_trainable=False)
     if method == "adapter":
         add_parallel_adapters(model)
