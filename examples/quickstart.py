@@ -10,8 +10,9 @@ Steps, each through the project's own scripts so the demo exercises the real pat
    annotates one object (`--scene_config`; the toy base was trained on scenes with every object labelled, as SAM was
    on SA-1B). Training scenes go where DIS5K-TR would be; held-out scenes of the training domain where DIS5K-VD
    would be; a shifted domain (shapes, colours and textures never seen in training) where COIFT would be; with
-   `--num_coco_like_scenes`, SA-1B-like scenes (every object labelled, as in MS COCO) where HRSOD would be, the toy's
-   stand-in for the paper's COCO evaluation after HQ training (appendix Table 9);
+   `--num_coco_like_scenes`, SA-1B-like scenes (every object labelled, as in MS COCO) where HRSOD would be, and the
+   same scenes as a COCO instance set: the toy's stand-in for the paper's COCO evaluation after HQ training (appendix
+   Table 9), by mIoU and by COCO mask mAP under noisy boxes of IoU 0.5 to 0.6;
 2. training: `accelerate launch training/train.py` once per method, with the same data, prompts, loss and steps;
 3. evaluation: `training/evaluate_model.py` under GT box, noisy box, 1 point and 3 points, seeded prompts shared by
    every model; then the table, the plots and a side-by-side figure of SAM and Stable-SAM on noisy boxes.
@@ -46,6 +47,9 @@ SYNTHETIC_SUBSETS = {
     "coco-like": ("thin_object_detection/HRSOD/images", "thin_object_detection/HRSOD/masks_max255"),
 }
 DATASET_LABELS = {"DIS5K-VD": "held-out scenes", "COIFT": "shifted domain", "HRSOD": "COCO-like scenes"}
+# The COCO-like scenes again, as a COCO instance set (images/ + instances.json) for evaluate_model.py's COCO protocol
+COCO_LIKE_FOLDER = "coco-like"
+COCO_LIKE_START = 30_000
 # The demo's world (SceneConfig knobs): HQSeg-like scenes, one large labelled object and up to two smaller unlabelled
 # ones, as HQSeg-44K and the paper's HQ benchmarks annotate one foreground object per image. The toy base was trained
 # the way SAM was, on SA-1B-like scenes where every object is labelled (`--scene_config salient_min_radius=0
@@ -126,6 +130,11 @@ class QuickstartArguments:
         for name, least in (("num_train_scenes", 1), ("num_eval_scenes", 1), ("num_coco_like_scenes", 0)):
             if getattr(self, name) < least:
                 raise ValueError(f"`{name}` must be an integer >= {least}, got {getattr(self, name)}.")
+        if self.dataset is not None and self.num_coco_like_scenes > 0:
+            raise ValueError(
+                "`num_coco_like_scenes` adds synthetic scenes to the synthetic dataset; with `dataset` there is none: "
+                "evaluate on MS COCO with training/evaluate_model.py --coco_annotations instead."
+            )
         unknown = [method for method in self.methods if method not in METHOD_LEARNING_RATES]
         if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
             raise ValueError(
@@ -149,7 +158,7 @@ def _env() -> dict:
 
 
 def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", output_dir: Path) -> Path:
-    from stable_sam_hf.synthetic import SceneConfig, write_scene_tree
+    from stable_sam_hf.synthetic import SceneConfig, write_coco_scenes, write_scene_tree
 
     raw = output_dir / "scenes"
     shutil.rmtree(raw, ignore_errors=True)
@@ -159,8 +168,9 @@ def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", out
         "held-out": ("train", 20_000, args.num_eval_scenes, config),
         "shifted": ("shifted", 20_000, args.num_eval_scenes, config),
         # The base's own world, every object labelled, whatever `--scene_config` says
-        "coco-like": ("train", 30_000, args.num_coco_like_scenes, SceneConfig()),
+        "coco-like": ("train", COCO_LIKE_START, args.num_coco_like_scenes, SceneConfig()),
     }
+    shutil.rmtree(output_dir / COCO_LIKE_FOLDER, ignore_errors=True)
     # Scenes are independent of each other: chunks of them are written in parallel, one process per core
     chunk = 300
     with ProcessPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 4))) as pool:
@@ -184,6 +194,18 @@ def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", out
                         config=split_config,
                     )
                 )
+        if args.num_coco_like_scenes:
+            futures.append(
+                pool.submit(
+                    write_coco_scenes,
+                    output_dir / COCO_LIKE_FOLDER,
+                    args.num_coco_like_scenes,
+                    size=args.output_size,
+                    seed=args.seed,
+                    start=COCO_LIKE_START,
+                    config=SceneConfig(),
+                )
+            )
         for future in futures:
             future.result()
     dataset = output_dir / "data"
@@ -228,6 +250,9 @@ def evaluate(args: QuickstartArguments, runs: dict[str, Path], dataset: Path, ou
     command += ["--seed", str(args.seed), "--max_objects_per_dataset", str(args.max_objects_per_dataset)]
     if "stable" in runs:
         command += ["--routing_weight", "0", "0.5", "1"]
+    if args.num_coco_like_scenes:
+        coco = output_dir / COCO_LIKE_FOLDER
+        command += ["--coco_annotations", str(coco / "instances.json"), "--coco_images", str(coco / "images")]
     run(command, output_dir / "evaluate.log")
     return eval_dir
 
@@ -257,6 +282,8 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
     each model's difference to the frozen base with its bootstrap interval."""
     with (eval_dir / "results.csv").open() as stream:
         rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
+    coco = [row for row in rows if row["dataset"] == "COCO"]
+    rows = [row for row in rows if row["dataset"] != "COCO"]
     prompt_types = list(dict.fromkeys(row["prompt_type"] for row in rows))
     by_cell = {(row["model"], row["dataset"], row["prompt_type"]): row for row in rows}
     lines = []
@@ -291,6 +318,24 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
                 low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
                 cells.append(f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if coco:
+        lines += [
+            "\nCOCO-like scenes, COCO protocol: mask mAP / mAP50 (%) with one noisy box per object of IoU 0.5 to 0.6 "
+            "with its GT box, detections scored by the predicted IoU; mIoU of those masks and its difference to the "
+            "frozen base [95 % bootstrap interval]",
+            "",
+            "| model | mAP | mAP50 | mIoU | difference | objects |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in coco:
+            difference = "-"
+            if row["mIoU_diff"] not in ("", "None"):
+                low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
+                difference = f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]"
+            lines.append(
+                f"| {row['model']} | {float(row['mAP']):.1f} | {float(row['mAP50']):.1f} | {float(row['mIoU']):.1f} | "
+                f"{difference} | {row['num_objects']} |"
+            )
     return "\n".join(lines)
 
 

@@ -68,6 +68,13 @@ def test_quickstart_reports_every_cell(quickstart_run):
     scenes = {path.stem.split("_obj")[0] for path in coco_like}
     assert len(scenes) == 4 and len(coco_like) >= 2 * len(scenes)
     assert "COCO-like scenes" in summary
+    # ... and the same scenes as a COCO instance set, scored by the COCO protocol (mask mAP under noisy boxes)
+    coco = {row["model"]: row for row in rows if row["dataset"] == "COCO"}
+    assert set(coco) == {"base", "stable"}
+    for row in coco.values():
+        assert row["prompt_type"] == "coco_noisy_box" and 0 <= float(row["mAP"]) <= float(row["mAP50"]) <= 100
+        assert int(row["num_objects"]) >= 2 * len(scenes)
+    assert "COCO protocol" in summary
     with Image.open(quickstart_run / "compare_with_sam.png") as figure:
         assert figure.width > 200 and figure.height > 200
 
@@ -82,6 +89,8 @@ def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "salient_min_radius=0.2"])
     with pytest.raises(ValueError, match="`num_coco_like_scenes` must be an integer >= 0, got -1"):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--num_coco_like_scenes", "-1"])
+    with pytest.raises(ValueError, match="`num_coco_like_scenes` adds synthetic scenes"):
+        quickstart.main(["--output_dir", str(tmp_path / "run"), "--dataset", "data", "--num_coco_like_scenes", "2"])
     for methods in (["stable", "finetune"], ["stable", "stable"]):
         with pytest.raises(ValueError, match="`methods` must name distinct methods among"):
             quickstart.main(["--output_dir", str(tmp_path / "run"), "--methods", *methods])

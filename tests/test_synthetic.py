@@ -17,6 +17,7 @@ from stable_sam_hf.synthetic import (
     generate_scene_labels,
     generate_scenes,
     labels_to_masks,
+    write_coco_scenes,
     write_scene_tree,
 )
 
@@ -225,6 +226,42 @@ class TestWriteSceneTree:
             write_scene_tree(tmp_path, 1, image_dir="")
         with pytest.raises(ValueError, match="jpeg_quality"):
             write_scene_tree(tmp_path, 1, jpeg_quality=101)
+
+
+# pycocotools' own use of numpy 2
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+class TestWriteCocoScenes:
+    def test_every_object_is_an_annotation_that_pycocotools_reads_back(self, tmp_path):
+        from pycocotools.coco import COCO
+
+        path = write_coco_scenes(tmp_path, 3, size=48, seed=1, start=5)
+        coco = COCO(str(path))
+        assert sorted(coco.getImgIds()) == [6, 7, 8] and coco.getCatIds() == [1]
+        ids = []
+        for index in range(5, 8):
+            image, labels = generate_scene_labels(index, 48, "train", 1)
+            info = coco.loadImgs([index + 1])[0]
+            with Image.open(tmp_path / "images" / info["file_name"]) as picture:
+                assert picture.size == (48, 48) == (info["width"], info["height"])
+                assert np.abs(np.asarray(picture).astype(int) - image.astype(int)).mean() < 6
+            annotations = coco.loadAnns(coco.getAnnIds(imgIds=[index + 1]))
+            masks = labels_to_masks(labels)
+            assert len(annotations) == len(masks) >= 1
+            for annotation, mask in zip(annotations, masks):
+                np.testing.assert_array_equal(coco.annToMask(annotation).astype(bool), mask)
+                ys, xs = np.nonzero(mask)
+                assert annotation["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+                assert annotation["area"] == mask.sum() and annotation["iscrowd"] == 0
+                ids.append(annotation["id"])
+        assert len(set(ids)) == len(ids) == len(coco.getAnnIds())
+
+    def test_bad_arguments_raise(self, tmp_path):
+        with pytest.raises(ValueError, match="`num_scenes` must be"):
+            write_coco_scenes(tmp_path, 0)
+        with pytest.raises(ValueError, match="jpeg_quality"):
+            write_coco_scenes(tmp_path, 1, jpeg_quality=0)
+        with pytest.raises(TypeError, match="`root` must be a str or Path"):
+            write_coco_scenes(3, 1)
 
 
 def _tiny_args(module, output_dir, **overrides):
