@@ -73,6 +73,7 @@ CSV_COLUMNS = (
     "mIoU_diff_high",
     "mBIoU",
     "ST",
+    "pred_IoU",
     "alpha_1",
     "mAP",
     "mAP50",
@@ -293,6 +294,7 @@ def evaluate_hq_object(
             "iou": scores.iou,
             "boundary_iou": scores.boundary_iou,
             "stability": scores.stability,
+            "predicted_iou": prediction.iou_scores.tolist(),
             "alpha_1": None if prediction.routing_weights is None else prediction.routing_weights[:, 0].mean().item(),
         }
         if args.record_prompts:
@@ -439,6 +441,7 @@ def evaluate_coco(
                     "iou": scores.iou,
                     "boundary_iou": scores.boundary_iou,
                     "stability": None,
+                    "predicted_iou": [detections[position]["score"]],
                     "alpha_1": None if alphas is None else alphas[position, 0].item(),
                     "detection": detections[position],
                 }
@@ -558,6 +561,8 @@ def _row(spec, args, weight, dataset, prompt_type, cell, num_skipped) -> dict[st
         "mIoU": 100 * _mean([_mean(record["iou"]) for record in cell]),
         "mBIoU": 100 * _mean([_mean(record["boundary_iou"]) for record in cell]),
         "ST": 100 * _mean([record["stability"] for record in cell]),
+        # The model's own estimate of its masks' IoU (SAM's IoU head); records of older runs may lack it
+        "pred_IoU": 100 * _mean([_mean(record.get("predicted_iou") or []) for record in cell]),
         "alpha_1": _mean(alphas) if alphas else None,
         "mAP": None,
         "mAP50": None,
@@ -571,7 +576,7 @@ def _row(spec, args, weight, dataset, prompt_type, cell, num_skipped) -> dict[st
 def _average_row(spec, args, weight, prompt_type, per_dataset) -> dict[str, Any]:
     row = dict(per_dataset[0], dataset=AVERAGE)
     used = [r for r in per_dataset if r["num_objects"]]
-    for column in ("mIoU", "mBIoU", "ST"):
+    for column in ("mIoU", "mBIoU", "ST", "pred_IoU"):
         row[column] = _mean([r[column] for r in used])
     alphas = [r["alpha_1"] for r in used if r["alpha_1"] is not None]
     row["alpha_1"] = _mean(alphas) if alphas else None
@@ -607,7 +612,8 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
     datasets = list(dict.fromkeys(row["dataset"] for row in hq if row["dataset"] != AVERAGE))
     lines = [
         f"Prompt seed {args.seed}, K = {args.num_prompts} prompts per object and type (the GT box once). "
-        "mIoU, mBIoU, ST in %, averaged over the datasets; per-dataset columns are mIoU.",
+        "mIoU, mBIoU, ST and the predicted IoU (the model's own estimate, from SAM's IoU head) in %, averaged over "
+        "the datasets; per-dataset columns are mIoU.",
         "",
         "Models: " + "; ".join(f"`{spec.name}` = {spec.model_id}" for spec in specs),
         "",
@@ -620,6 +626,7 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
             "95 % interval",
             "mBIoU",
             "ST",
+            "pred. IoU",
             "alpha_1",
             *datasets,
             "objects",
@@ -642,6 +649,7 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
                             _interval(average["mIoU_low"], average["mIoU_high"]),
                             _format(average["mBIoU"]),
                             _format(average["ST"]),
+                            _format(average["pred_IoU"]),
                             _format(average["alpha_1"], 3),
                             *per_dataset,
                             str(average["num_objects"]),
@@ -679,10 +687,10 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: Ev
     coco = [row for row in rows if row["dataset"] == COCO_DATASET]
     if coco:
         lines += ["", f"COCO, noisy boxes with IoU in [{args.coco_min_iou}, {args.coco_max_iou}) to the GT box:", ""]
-        header = ["model", "mAP", "mAP50", "mIoU", "mBIoU", "objects", "left out"]
+        header = ["model", "mAP", "mAP50", "mIoU", "mBIoU", "pred. IoU", "objects", "left out"]
         lines += [_md_row(header), _md_row(["---"] * len(header))]
         for row in coco:
-            values = [row["mAP"], row["mAP50"], row["mIoU"], row["mBIoU"]]
+            values = [row["mAP"], row["mAP50"], row["mIoU"], row["mBIoU"], row["pred_IoU"]]
             lines.append(
                 _md_row([row["model"], *map(_format, values), str(row["num_objects"]), str(row["num_skipped"])])
             )
