@@ -747,6 +747,20 @@ def generate_scenes(
     return images, labels
 
 
+def _check_writer_arguments(
+    root, num_scenes, start, jpeg_quality, domain, min_scenes: int
+) -> tuple[int, int, int, str]:
+    """The arguments every scene writer shares, checked; returns `(num_scenes, start, jpeg_quality, domain)`."""
+    if not isinstance(root, (str, Path)):
+        raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}.")
+    num_scenes = _check_int(num_scenes, "num_scenes", min_scenes)
+    start = _check_int(start, "start", 0)
+    jpeg_quality = _check_int(jpeg_quality, "jpeg_quality", 1)
+    if jpeg_quality > 100:
+        raise ValueError(f"`jpeg_quality` must lie in [1, 100], got {jpeg_quality}.")
+    return num_scenes, start, jpeg_quality, _check_domain(domain)
+
+
 def write_scene_tree(
     root: "str | Path",
     num_scenes: int,
@@ -782,14 +796,7 @@ def write_scene_tree(
     """
     from PIL import Image
 
-    if not isinstance(root, (str, Path)):
-        raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}.")
-    num_scenes = _check_int(num_scenes, "num_scenes", 0)
-    start = _check_int(start, "start", 0)
-    jpeg_quality = _check_int(jpeg_quality, "jpeg_quality", 1)
-    if jpeg_quality > 100:
-        raise ValueError(f"`jpeg_quality` must lie in [1, 100], got {jpeg_quality}.")
-    domain = _check_domain(domain)
+    num_scenes, start, jpeg_quality, domain = _check_writer_arguments(root, num_scenes, start, jpeg_quality, domain, 0)
     for name, value in (("dataset_name", dataset_name), ("image_dir", image_dir), ("mask_dir", mask_dir)):
         if value is not None and (not isinstance(value, str) or not value or Path(value).is_absolute()):
             raise ValueError(f"`{name}` must be a non-empty relative folder name, got {value!r}.")
@@ -842,14 +849,7 @@ def write_coco_scenes(
     from PIL import Image
     from pycocotools import mask as mask_utils
 
-    if not isinstance(root, (str, Path)):
-        raise TypeError(f"`root` must be a str or Path, got {type(root).__name__}.")
-    num_scenes = _check_int(num_scenes, "num_scenes", 1)
-    start = _check_int(start, "start", 0)
-    jpeg_quality = _check_int(jpeg_quality, "jpeg_quality", 1)
-    if jpeg_quality > 100:
-        raise ValueError(f"`jpeg_quality` must lie in [1, 100], got {jpeg_quality}.")
-    domain = _check_domain(domain)
+    num_scenes, start, jpeg_quality, domain = _check_writer_arguments(root, num_scenes, start, jpeg_quality, domain, 1)
     image_folder = Path(root) / "images"
     image_folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
