@@ -277,6 +277,12 @@ def side_by_side(args: QuickstartArguments, config: "SceneConfig", stable_run: P
     return figure
 
 
+def _difference(row: dict[str, str]) -> str:
+    """`+1.2 [+0.4, +2.0]`: a results.csv row's mIoU difference to the base and its bootstrap interval."""
+    low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
+    return f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
 def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
     """mIoU per model and prompt type, one block per dataset, with alpha_1 and the trainable parameter count, then
     each model's difference to the frozen base with its bootstrap interval."""
@@ -314,9 +320,7 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
         for model in dict.fromkeys(row["model"] for row in rows if row["mIoU_diff"] not in ("", "None")):
             cells = []
             for prompt_type in prompt_types:
-                row = by_cell[(model, dataset, prompt_type)]
-                low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
-                cells.append(f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]")
+                cells.append(_difference(by_cell[(model, dataset, prompt_type)]))
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if coco:
         lines += [
@@ -328,10 +332,7 @@ def summary_table(eval_dir: Path, trainable: dict[str, int]) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         for row in coco:
-            difference = "-"
-            if row["mIoU_diff"] not in ("", "None"):
-                low, high = float(row["mIoU_diff_low"]), float(row["mIoU_diff_high"])
-                difference = f"{float(row['mIoU_diff']):+.1f} [{low:+.1f}, {high:+.1f}]"
+            difference = _difference(row) if row["mIoU_diff"] not in ("", "None") else "-"
             lines.append(
                 f"| {row['model']} | {float(row['mAP']):.1f} | {float(row['mAP50']):.1f} | {float(row['mIoU']):.1f} | "
                 f"{difference} | {row['num_objects']} |"
