@@ -69,6 +69,7 @@ METHOD_LEARNING_RATES = {
     "adapter": 1e-3,
     "decoder": 1e-4,
     "stable_decoder": 1e-3,
+    "stable_spatial": 1e-3,
     "heads": 1e-3,
     "hq": 1e-3,
 }
@@ -88,7 +89,8 @@ class QuickstartArguments:
     methods: list[str] = field(
         default_factory=lambda: ["stable", "lora", "adapter", "decoder"],
         metadata={
-            "help": "Methods to train (stable, lora, adapter, decoder, stable_decoder, heads, hq), same budget each."
+            "help": "Methods to train (stable, lora, adapter, decoder, stable_decoder, stable_spatial, heads, hq), "
+            "same budget each."
         },
     )
     output_size: int = field(default=128, metadata={"help": "Model input size (the toy SAM's is 128)."})
@@ -233,7 +235,7 @@ def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Pat
     # One worker process prepares the next batch (decoding, jitter, occlusion, prompts) while this one trains: the
     # same batches in the same order, about 10 % less time on 2 cores
     command += ["--dataloader_num_workers", "1"]
-    if method in ("stable", "stable_decoder"):
+    if method in ("stable", "stable_decoder", "stable_spatial"):
         command += ["--projection_lr_scale", str(args.projection_lr_scale)]
     if method in METHOD_DECODER_LEARNING_RATES:
         command += ["--decoder_learning_rate", str(METHOD_DECODER_LEARNING_RATES[method])]

@@ -592,6 +592,17 @@ def test_convert_script_and_infers_plugin_settings(sam_base, tmp_path):
         torch.testing.assert_close(loaded_state[key], value, rtol=0, atol=0)
 
 
+def test_convert_infers_the_spatial_attention_ablation(sam_base, tmp_path):
+    model = perturb_plugins_(StableSamModel(tiny_stable_sam_config(sampling="spatial")), seed=6)
+    torch.save(model.plugin_state_dict(), tmp_path / "spatial.pth")
+    convert_to_adapter(tmp_path / "adapter", base_model_name_or_path=sam_base, plugin_weights=tmp_path / "spatial.pth")
+    loaded = StableSamModel.from_pretrained(tmp_path / "adapter")
+    assert loaded.config.sampling == "spatial"
+    loaded_state = loaded.state_dict()
+    for key, value in model.plugin_state_dict().items():
+        torch.testing.assert_close(loaded_state[key], value, rtol=0, atol=0)
+
+
 def test_convert_rejects_ambiguous_and_unreadable_files(trained, sam_base, tmp_path):
     plugins = trained.plugin_state_dict()
     two_copies = {**{f"model.{k}": v for k, v in plugins.items()}, **{f"ema.{k}": v * 2 for k, v in plugins.items()}}

@@ -84,6 +84,7 @@ class TestStableSamConfig:
             ({"offset_kernel_size": 4}, "offset_kernel_size"),
             ({"routing_hidden_size": 0}, "routing_hidden_size"),
             ({"routing_token_index": 5}, "routing_token_index"),
+            ({"sampling": "attention"}, "sampling"),
         ],
     )
     def test_invalid_plugin_fields_name_the_field(self, kwargs, field):
@@ -245,6 +246,43 @@ class TestStableSamModel:
         assert len(outputs.sampling_offsets) == 2
         assert outputs.routing_weights.shape == (2, 3, 2)
 
+    @pytest.mark.parametrize("prompt", sorted(PROMPTS))
+    def test_spatial_attention_ablation_starts_as_sam_and_moves_nothing(self, tester, inputs, prompt):
+        sam, stable = tester.sam_and_stable_sam(sampling="spatial")
+        prompt_kwargs = PROMPTS[prompt](inputs)
+        with torch.no_grad():
+            expected = sam(pixel_values=inputs["pixel_values"], **prompt_kwargs)
+            fresh = stable(pixel_values=inputs["pixel_values"], **prompt_kwargs)
+        torch.testing.assert_close(fresh.pred_masks, expected.pred_masks, atol=1e-5, rtol=1e-5)
+        perturb_plugins_(stable)
+        with torch.no_grad():
+            trained = stable(pixel_values=inputs["pixel_values"], **prompt_kwargs)
+            forced_zero = stable(pixel_values=inputs["pixel_values"], **prompt_kwargs, routing_weight=0.0)
+        assert (trained.pred_masks - expected.pred_masks).abs().max() > 1e-2
+        torch.testing.assert_close(forced_zero.pred_masks, expected.pred_masks, atol=0, rtol=0)
+        with pytest.raises(ValueError, match="`output_sampling_offsets` needs deformable sampling"):
+            stable(pixel_values=inputs["pixel_values"], **prompt_kwargs, output_sampling_offsets=True)
+
+    def test_spatial_attention_weights_features_in_place(self):
+        from stable_sam_hf.modeling_stable_sam import StableSamSpatialAttention
+
+        torch.manual_seed(0)
+        plugin = StableSamSpatialAttention(8, kernel_size=3)
+        plugin.proj.reset_parameters()
+        plugin.weight_proj.reset_parameters()
+        features = torch.randn(2, 1, 4 * 5, 8)
+        weighted, offsets = plugin(features, 4, 5)
+        assert offsets is None
+        torch.testing.assert_close(weighted, features)  # weight 2 * sigmoid(0) = 1 and the identity projection
+        with torch.no_grad():
+            plugin.weight_proj.bias.fill_(-1.0)
+            plugin.weight_proj.weight.normal_()
+        weighted, _ = plugin(features, 4, 5)
+        ratio = weighted / features
+        # One weight per pixel, in (0, 2), shared by every channel: features are scaled where they are, never moved
+        torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio), atol=1e-4, rtol=1e-4)
+        assert ((ratio > 0) & (ratio < 2)).all() and ratio.std() > 0.01
+
     def test_return_dict_false(self, tester, inputs):
         model = StableSamModel(tester.get_config()).eval()
         with torch.no_grad():
@@ -288,6 +326,17 @@ class TestParameterCount:
             sam = SamModel(SamConfig(vision_config=self.VISION[size]))
         assert total - sam.num_parameters() == 81_828
 
+    def test_spatial_attention_has_a_weight_head_where_dsp_has_offsets(self):
+        with torch.device("meta"):
+            model = StableSamModel(
+                StableSamConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1}, sampling="spatial")
+            )
+        names = [name for name, _ in model.plugin_named_parameters()]
+        assert any(name.endswith("dsp.weight_proj.weight") for name in names)
+        assert not any("offset_proj" in name for name in names)
+        # 81,828 less the 2-channel offset head (514), plus the 1-channel weight head (257)
+        assert sum(p.numel() for _, p in model.plugin_named_parameters()) == 81_571
+
     def test_split_between_dsp_and_drp(self):
         with torch.device("meta"):
             model = StableSamModel(StableSamConfig(vision_config={"hidden_size": 64, "num_hidden_layers": 1}))
@@ -311,6 +360,20 @@ class TestLoading:
             expected = sam(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
             actual = model.eval()(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
         torch.testing.assert_close(actual.pred_masks, expected.pred_masks, atol=1e-5, rtol=1e-5)
+
+    def test_spatial_attention_from_sam_checkpoint_and_back(self, tmp_path, inputs):
+        torch.manual_seed(0)
+        SamModel(tiny_sam_config()).save_pretrained(tmp_path / "sam")
+        model = StableSamModel.from_pretrained(tmp_path / "sam", sampling="spatial").eval()
+        assert model.config.sampling == "spatial"
+        perturb_plugins_(model)
+        model.save_pretrained(tmp_path / "spatial")
+        loaded = StableSamModel.from_pretrained(tmp_path / "spatial").eval()
+        assert loaded.config.sampling == "spatial"
+        with torch.no_grad():
+            expected = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+            actual = loaded(pixel_values=inputs["pixel_values"], input_boxes=inputs["boxes"])
+        torch.testing.assert_close(actual.pred_masks, expected.pred_masks, atol=0, rtol=0)
 
     def test_auto_classes_return_stable_sam(self, tmp_path, tester, inputs):
         model = perturb_plugins_(StableSamModel(tester.get_config())).eval()

@@ -109,6 +109,13 @@ def test_every_method_trains_its_own_parameters(workspace, tmp_path, method):
         assert sum(trained[name].numel() for name in new) == 3204
         decoder = StableSamModel.from_pretrained(workspace / "sam").mask_decoder
         assert set(trained) == {f"mask_decoder.{name}" for name, _ in decoder.named_parameters()}
+    elif method == "stable_spatial":
+        spatial = StableSamModel.from_pretrained(workspace / "sam", sampling="spatial")
+        assert set(trained) == {name for name, _ in spatial.plugin_named_parameters()}
+        assert any(name.endswith("dsp.weight_proj.weight") for name in trained) and moved == []
+        model = StableSamModel.from_pretrained(tmp_path)
+        assert model.config.sampling == "spatial"
+        assert torch.equal(model.state_dict()[next(iter(trained))], next(iter(trained.values())))
     elif method == "heads":
         assert all(name.startswith("mask_decoder.output_hypernetworks_mlps.") for name in trained)
         # Single-mask training: only the first mask token's head gets a gradient

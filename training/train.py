@@ -55,8 +55,9 @@ class ModelArguments:
         metadata={
             "help": "What trains: stable (DSP + DRP plugins), lora (rank 4 on the encoder FFNs + mask heads), "
             "adapter (AdaptFormer bottleneck 64 + mask heads), decoder (the whole mask decoder), stable_decoder "
-            "(the plugins and the whole mask decoder: the paper's 'Stable-SAM (finetuning decoder)'), heads (the "
-            "mask heads alone), hq (HQ-SAM's parts).",
+            "(the plugins and the whole mask decoder: the paper's 'Stable-SAM (finetuning decoder)'), stable_spatial "
+            "(the plugins with DSP replaced by spatial attention: 'Stable-SAM (spatial attention)'), heads (the mask "
+            "heads alone), hq (HQ-SAM's parts).",
             "choices": list(METHODS),
         },
     )
@@ -348,9 +349,9 @@ def save_checkpoint(
 def save_final(
     segmenter, project_dir: Path, model_args: ModelArguments, steps: int, skipped: SkipCounter, losses: list[float]
 ) -> None:
-    """Trainable weights of any method, plus a loadable StableSamModel folder for the plugins."""
+    """Trainable weights of any method, plus a loadable StableSamModel folder for plugins-only methods."""
     segmenter.save_trainable(project_dir)
-    if model_args.method == "stable":
+    if model_args.method in ("stable", "stable_spatial"):
         model = segmenter.sam
         model.config.base_model_name_or_path = model_args.base_model
         model.save_pretrained(project_dir)

@@ -4,6 +4,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import SamConfig
 
 
+# What the sampling plugin does: Stable-SAM's deformable sampling, or the paper's spatial-attention ablation
+SAMPLING_MODES = ("deformable", "spatial")
+
+
 @strict
 class StableSamConfig(SamConfig):
     r"""
@@ -22,6 +26,11 @@ class StableSamConfig(SamConfig):
             Hidden width of the DRP router MLP.
         routing_token_index (`int`, *optional*, defaults to 0):
             Which output token routes: 0 is the IoU-prediction token, 1.. are the mask tokens.
+        sampling (`str`, *optional*, defaults to `"deformable"`):
+            What the sampling plugin does. `"deformable"` is Stable-SAM's DSP: it samples the re-projected features
+            at learnt offsets. `"spatial"` is the paper's ablation "Stable-SAM (spatial attention)" (appendix Table
+            9): the same offset network predicts one weight per pixel (`2 * sigmoid`, 1 at the start) that scales
+            the re-projected features where they are, a soft sampling without offsets.
         base_model_name_or_path (`str`, *optional*):
             The SAM checkpoint (Hub id or folder) that these plugins were trained on. An adapter saved with only
             plugin weights is loaded on top of it.
@@ -43,6 +52,7 @@ class StableSamConfig(SamConfig):
     offset_kernel_size: int = 5
     routing_hidden_size: int = 32
     routing_token_index: int = 0
+    sampling: str = "deformable"
     base_model_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -68,6 +78,8 @@ class StableSamConfig(SamConfig):
             raise ValueError(f"`offset_range` must be > 0 (feature-map pixels), got {self.offset_range}.")
         if self.offset_kernel_size < 1 or self.offset_kernel_size % 2 == 0:
             raise ValueError(f"`offset_kernel_size` must be a positive odd integer, got {self.offset_kernel_size}.")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {self.sampling!r}.")
         if self.routing_hidden_size < 1:
             raise ValueError(f"`routing_hidden_size` must be >= 1, got {self.routing_hidden_size}.")
         num_tokens = (decoder.num_multimask_outputs + 2) if decoder is not None else 5

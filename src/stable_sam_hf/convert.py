@@ -149,7 +149,8 @@ def extract_plugin_state_dict(
 
 def infer_plugin_config(plugin_state_dict: Mapping[str, torch.Tensor]) -> dict:
     """The plugin settings that the weights' names and shapes fix: `plugin_layers`, `routing_hidden_size`,
-    `offset_kernel_size`, and the mask decoder width `hidden_size`."""
+    `offset_kernel_size`, `sampling` (spatial attention has a weight head where DSP has offsets) and the mask decoder
+    width `hidden_size`."""
     settings = {}
     layers = sorted(
         {int(key.split(".")[3]) for key in plugin_state_dict if key.startswith("mask_decoder.transformer.")}
@@ -163,6 +164,8 @@ def infer_plugin_config(plugin_state_dict: Mapping[str, torch.Tensor]) -> dict:
             settings["offset_kernel_size"] = int(tensor.shape[-1])
         elif key.endswith("dsp.proj.weight"):
             settings["hidden_size"] = int(tensor.shape[0])
+        elif key.endswith("dsp.weight_proj.weight"):
+            settings["sampling"] = "spatial"
     return settings
 
 

@@ -355,6 +355,7 @@ def upload_release_folder(
 
 # Config fields a SAM checkpoint lacks: given to from_pretrained, they set the plugins of the converted config
 _PLUGIN_CONFIG_FIELDS = (
+    "sampling",
     "plugin_layers",
     "offset_range",
     "offset_kernel_size",

@@ -6,6 +6,8 @@
 - `decoder`: the whole mask decoder.
 - `stable_decoder`: the plugins and the whole mask decoder, the paper's "Stable-SAM (finetuning decoder)" (appendix
   Table 9: conventional deformable attention, which trains the offset network and the model around it).
+- `stable_spatial`: the plugins with DSP replaced by spatial attention, the paper's "Stable-SAM (spatial attention)"
+  (appendix Table 9): one learnt weight per pixel instead of offsets (`StableSamConfig(sampling="spatial")`).
 - `heads`: SAM's prediction layer alone, the part of the LoRA and adapter baselines outside the image encoder; a
   control that tells what the encoder adaptation adds.
 - `hq`: transformers' `SamHQModel` (HQ-SAM), its HQ parts only.
@@ -26,7 +28,7 @@ from transformers import SamHQConfig, SamHQModel, SamModel
 from .modeling_stable_sam import StableSamModel, is_plugin_parameter
 
 
-METHODS = ("stable", "lora", "adapter", "decoder", "stable_decoder", "heads", "hq")
+METHODS = ("stable", "lora", "adapter", "decoder", "stable_decoder", "stable_spatial", "heads", "hq")
 
 # Every ViT encoder FFN linear; a bare "lin1" would also match the mask decoder's MLPs
 LORA_TARGET_MODULES = r"vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)"
@@ -356,12 +358,14 @@ def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pre
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     base = str(base_model_name_or_path)
-    if method in ("stable", "stable_decoder"):
+    if method in ("stable", "stable_decoder", "stable_spatial"):
+        if method == "stable_spatial":
+            from_pretrained_kwargs = {**from_pretrained_kwargs, "sampling": "spatial"}
         model = StableSamModel.from_pretrained(base, **from_pretrained_kwargs)
-        if method == "stable":
-            _freeze_all_but(model, is_plugin_parameter)
-        else:
+        if method == "stable_decoder":
             _freeze_all_but(model, lambda name: name.startswith("mask_decoder."))
+        else:
+            _freeze_all_but(model, is_plugin_parameter)
         return PromptedSegmenter(method, model, encoder_trainable=False)
     if method == "hq":
         # HQ-SAM fuses ViT features of the encoder's own width

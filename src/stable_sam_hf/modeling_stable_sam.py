@@ -80,21 +80,46 @@ class StableSamZeroLinear(nn.Linear):
         nn.init.zeros_(self.bias)
 
 
-class StableSamDeformableSampling(nn.Module):
+class _StableSamSamplingTrunk(nn.Module):
     """
-    DSP: re-projects the image features ("amplitudes") and samples them at learnt offsets from the regular grid.
-    Works channels-last, as SAM's decoder keeps its image stream, so no layout copies are needed around the linears.
+    What the sampling plugins share: the re-projection of the image features ("amplitudes", identity at the start) and
+    the trunk of the offset network (depthwise conv -> LayerNorm over channels -> GELU). Works channels-last, as SAM's
+    decoder keeps its image stream, so no layout copies are needed around the linears.
     """
 
-    def __init__(self, hidden_size: int, *, kernel_size: int = 5, offset_range: float = 2.0, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, *, kernel_size: int = 5, eps: float = 1e-6):
         super().__init__()
-        self.offset_range = float(offset_range)
         self.proj = StableSamIdentityLinear(hidden_size, hidden_size)
         self.offset_conv = nn.Conv2d(
             hidden_size, hidden_size, kernel_size=kernel_size, padding=kernel_size // 2, groups=hidden_size
         )
         self.offset_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.offset_act = nn.GELU()
+
+    def trunk(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            features (`torch.Tensor` of shape `(batch_size, 1, height * width, hidden_size)`):
+                The image stream of the two-way transformer.
+        Returns:
+            projected (`torch.Tensor` of shape `(batch_size, 1, height * width, hidden_size)`) and the trunk's
+            output (`torch.Tensor` of shape `(batch_size, height, width, hidden_size)`).
+        """
+        batch_size, _, _, hidden_size = features.shape
+        projected = self.proj(features)
+        # B x C x H x W view of channels-last memory: convolution and sampling need no copy
+        spatial = projected.view(batch_size, height, width, hidden_size).permute(0, 3, 1, 2)
+        hidden = self.offset_conv(spatial.contiguous(memory_format=torch.channels_last))
+        hidden = hidden.permute(0, 2, 3, 1)  # B x H x W x C
+        return projected, self.offset_act(self.offset_norm(hidden))
+
+
+class StableSamDeformableSampling(_StableSamSamplingTrunk):
+    """DSP: re-projects the image features ("amplitudes") and samples them at learnt offsets from the regular grid."""
+
+    def __init__(self, hidden_size: int, *, kernel_size: int = 5, offset_range: float = 2.0, eps: float = 1e-6):
+        super().__init__(hidden_size, kernel_size=kernel_size, eps=eps)
+        self.offset_range = float(offset_range)
         self.offset_proj = StableSamZeroLinear(hidden_size, 2)
 
     def forward(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,15 +132,9 @@ class StableSamDeformableSampling(nn.Module):
             (`torch.Tensor` of shape `(batch_size, height, width, 2)`), `(dx, dy)` in feature-map pixels.
         """
         batch_size, _, _, hidden_size = features.shape
-        projected = self.proj(features)
-        # B x C x H x W view of channels-last memory: convolution and sampling need no copy
-        spatial = projected.view(batch_size, height, width, hidden_size).permute(0, 3, 1, 2)
-
-        # Offset network: depthwise conv -> LayerNorm over channels -> GELU -> 1x1 to (dx, dy)
-        hidden = self.offset_conv(spatial.contiguous(memory_format=torch.channels_last))
-        hidden = hidden.permute(0, 2, 3, 1)  # B x H x W x C
-        hidden = self.offset_act(self.offset_norm(hidden))
+        projected, hidden = self.trunk(features, height, width)
         offsets = self.offset_range * torch.tanh(self.offset_proj(hidden))  # B x H x W x 2
+        spatial = projected.view(batch_size, height, width, hidden_size).permute(0, 3, 1, 2)
 
         # Regular grid at the pixel centres (align_corners=True), shifted by the offsets
         grid = _reference_grid(height, width, device=features.device, dtype=offsets.dtype)
@@ -124,6 +143,25 @@ class StableSamDeformableSampling(nn.Module):
         sampled = F.grid_sample(spatial, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         sampled = sampled.permute(0, 2, 3, 1).reshape(batch_size, 1, height * width, hidden_size)  # B x 1 x HW x C
         return sampled, offsets
+
+
+class StableSamSpatialAttention(_StableSamSamplingTrunk):
+    """
+    The paper's ablation "Stable-SAM (spatial attention)" (appendix Table 9): DSP with its offsets replaced by one
+    weight per pixel. The offset network's trunk predicts `2 * sigmoid(raw)` (1 at the start, so a fresh model is
+    SAM), which scales the re-projected features where they are: a soft feature sampling that moves nothing.
+    """
+
+    def __init__(self, hidden_size: int, *, kernel_size: int = 5, eps: float = 1e-6):
+        super().__init__(hidden_size, kernel_size=kernel_size, eps=eps)
+        self.weight_proj = StableSamZeroLinear(hidden_size, 1)
+
+    def forward(self, features: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, None]:
+        """`features` as `StableSamDeformableSampling.forward`; returns the weighted features and no offsets."""
+        batch_size, _, hw, _ = features.shape
+        projected, hidden = self.trunk(features, height, width)
+        weights = 2.0 * torch.sigmoid(self.weight_proj(hidden))  # B x H x W x 1
+        return projected * weights.reshape(batch_size, 1, hw, 1), None
 
 
 def _reference_grid(height: int, width: int, *, device, dtype) -> torch.Tensor:
@@ -161,12 +199,18 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
         )
         hidden_size = decoder_config.hidden_size
         self.routing_token_index = config.routing_token_index
-        self.dsp = StableSamDeformableSampling(
-            hidden_size,
-            kernel_size=config.offset_kernel_size,
-            offset_range=config.offset_range,
-            eps=decoder_config.layer_norm_eps,
-        )
+        # The sampling plugin keeps the name `dsp` in either mode: adapters, freezing and learning rates find it so
+        if config.sampling == "deformable":
+            self.dsp = StableSamDeformableSampling(
+                hidden_size,
+                kernel_size=config.offset_kernel_size,
+                offset_range=config.offset_range,
+                eps=decoder_config.layer_norm_eps,
+            )
+        else:
+            self.dsp = StableSamSpatialAttention(
+                hidden_size, kernel_size=config.offset_kernel_size, eps=decoder_config.layer_norm_eps
+            )
         self.drp = StableSamDynamicRouting(
             hidden_size, routing_hidden_size=config.routing_hidden_size, eps=decoder_config.layer_norm_eps
         )
@@ -175,7 +219,7 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
 
     def _sample_and_mix(
         self, keys: torch.Tensor, alpha_1: torch.Tensor, height: int, width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`lerp(keys, DSP(keys), alpha_1)`; without autograd, in chunks of prompts so DSP temporaries stay small."""
         if torch.is_grad_enabled() and (
             keys.requires_grad or alpha_1.requires_grad or self.dsp.proj.weight.requires_grad
@@ -191,7 +235,7 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
             sampled, chunk_offsets = self.dsp(keys[chunk], height, width)
             torch.lerp(keys[chunk], sampled.to(keys.dtype), alpha_1[chunk], out=mixed[chunk])
             offsets.append(chunk_offsets)
-        return mixed, torch.cat(offsets)
+        return mixed, None if offsets[0] is None else torch.cat(offsets)
 
     def forward(
         self,
@@ -360,6 +404,11 @@ class StableSamModel(StableSamAdapterMixin, SamModel):
         """
         self._check_prompts(input_points, input_labels, input_boxes, input_masks)
         routing_weight = self._check_routing_weight(routing_weight)
+        if output_sampling_offsets and self.config.sampling != "deformable":
+            raise ValueError(
+                f"`output_sampling_offsets` needs deformable sampling; this model's `sampling` is "
+                f"{self.config.sampling!r}, which has no offsets."
+            )
         with self.mask_decoder.plugin_call(routing_weight, output_sampling_offsets) as call:
             outputs = super().forward(
                 pixel_values=pixel_values,
