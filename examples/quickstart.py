@@ -221,6 +221,8 @@ def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", out
 
 
 def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Path) -> Path:
+    from stable_sam_hf.methods import PLUGIN_METHODS
+
     run_dir = output_dir / "runs" / method
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -235,7 +237,7 @@ def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Pat
     # One worker process prepares the next batch (decoding, jitter, occlusion, prompts) while this one trains: the
     # same batches in the same order, about 10 % less time on 2 cores
     command += ["--dataloader_num_workers", "1"]
-    if method in ("stable", "stable_decoder", "stable_spatial"):
+    if method in PLUGIN_METHODS:
         command += ["--projection_lr_scale", str(args.projection_lr_scale)]
     if method in METHOD_DECODER_LEARNING_RATES:
         command += ["--decoder_learning_rate", str(METHOD_DECODER_LEARNING_RATES[method])]

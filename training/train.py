@@ -30,6 +30,7 @@ from transformers import HfArgumentParser, get_scheduler
 from stable_sam_hf.data import SkipCounter, TrainStreamArguments, build_train_dataset
 from stable_sam_hf.methods import (
     METHODS,
+    PLUGIN_ONLY_METHODS,
     build_segmenter,
     collate_prompts,
     optimizer_parameter_groups,
@@ -351,7 +352,7 @@ def save_final(
 ) -> None:
     """Trainable weights of any method, plus a loadable StableSamModel folder for plugins-only methods."""
     segmenter.save_trainable(project_dir)
-    if model_args.method in ("stable", "stable_spatial"):
+    if model_args.method in PLUGIN_ONLY_METHODS:
         model = segmenter.sam
         model.config.base_model_name_or_path = model_args.base_model
         model.save_pretrained(project_dir)

@@ -29,6 +29,9 @@ from .modeling_stable_sam import StableSamModel, is_plugin_parameter
 
 
 METHODS = ("stable", "lora", "adapter", "decoder", "stable_decoder", "stable_spatial", "heads", "hq")
+# The methods whose model is a StableSamModel (DSP or spatial attention, and DRP), and those that train its plugins only
+PLUGIN_METHODS = ("stable", "stable_decoder", "stable_spatial")
+PLUGIN_ONLY_METHODS = ("stable", "stable_spatial")
 
 # Every ViT encoder FFN linear; a bare "lin1" would also match the mask decoder's MLPs
 LORA_TARGET_MODULES = r"vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)"
@@ -358,14 +361,14 @@ def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pre
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     base = str(base_model_name_or_path)
-    if method in ("stable", "stable_decoder", "stable_spatial"):
+    if method in PLUGIN_METHODS:
         if method == "stable_spatial":
             from_pretrained_kwargs = {**from_pretrained_kwargs, "sampling": "spatial"}
         model = StableSamModel.from_pretrained(base, **from_pretrained_kwargs)
-        if method == "stable_decoder":
-            _freeze_all_but(model, lambda name: name.startswith("mask_decoder."))
-        else:
+        if method in PLUGIN_ONLY_METHODS:
             _freeze_all_but(model, is_plugin_parameter)
+        else:
+            _freeze_all_but(model, lambda name: name.startswith("mask_decoder."))
         return PromptedSegmenter(method, model, encoder_trainable=False)
     if method == "hq":
         # HQ-SAM fuses ViT features of the encoder's own width
@@ -405,6 +408,8 @@ __all__ = [
     "LORA_RANK",
     "LORA_TARGET_MODULES",
     "METHODS",
+    "PLUGIN_METHODS",
+    "PLUGIN_ONLY_METHODS",
     "ParallelAdapter",
     "PromptedSegmenter",
     "add_parallel_adapters",
