@@ -155,6 +155,13 @@ def run(command: list[str], log: Path) -> None:
     logger.info("  done in %.0f s (log: %s)", time.perf_counter() - start, log)
 
 
+def _cpu_threads() -> int:
+    """OMP_NUM_THREADS when set, else the cores this process may run on (torch's own default)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
@@ -227,7 +234,10 @@ def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Pat
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     logger.info("Training `%s` for %d steps", method, args.max_train_steps)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "training/train.py"]
+    # accelerate launch gives a single CPU process one thread unless told otherwise; torch's default (one per core)
+    # trains about 1.5 times faster on 2 cores
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
+    command += ["--num_cpu_threads_per_process", str(_cpu_threads()), "training/train.py"]
     command += ["--method", method, "--base_model", args.base_model, "--dataset", str(dataset)]
     command += ["--output_dir", str(run_dir), "--output_size", str(args.output_size)]
     command += ["--max_train_steps", str(args.max_train_steps), "--total_batch_size", str(args.total_batch_size)]
