@@ -78,18 +78,17 @@ def default_image_processor(model: StableSamModel) -> StableSamImageProcessor:
 
 
 def load_model_and_processor(
-    name: str, device: str | torch.device = "cpu", base_model_name_or_path: str | None = None
+    name: str, device: str | torch.device = "cpu"
 ) -> tuple[StableSamModel, StableSamProcessor]:
     """A `StableSamModel` in eval mode on `device` and its `StableSamProcessor`, from a folder or Hub id.
 
     A SAM checkpoint loads too: its plugins are then untrained and Stable-SAM computes exactly what SAM computes.
-    `base_model_name_or_path` loads a Stable-SAM adapter onto that SAM checkpoint instead of the one it names.
 
     Raises:
         `ValueError` naming `--model` when no model can be loaded from `name`.
     """
     try:
-        model = StableSamModel.from_pretrained(name, base_model_name_or_path=base_model_name_or_path)
+        model = StableSamModel.from_pretrained(name)
     except (OSError, ValueError) as error:
         raise ValueError(f"--model {name!r}: no Stable-SAM or SAM checkpoint could be loaded ({error}).") from None
     try:

@@ -1,8 +1,8 @@
 """How well transformers' "mask-generation" pipeline finds the objects of held-out synthetic scenes, per model.
 
     python examples/toy_automatic_masks.py
-    python examples/toy_automatic_masks.py --models base=models/toy-sam-128 stable=outputs/quickstart/runs/stable \
-        --world hq --num_scenes 24
+    python examples/toy_automatic_masks.py --models base=sam:models/toy-sam-128 stable=outputs/quickstart/runs/stable \
+        decoder=outputs/quickstart/runs/decoder --world hq --num_scenes 24
 
 For every model and scene the pipeline runs with a grid of `--points_per_side`^2 single-point prompts, SAM's three
 masks per prompt, its filters (predicted IoU >= `--pred_iou_thresh`, stability >= `--stability_score_thresh`) and
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from segment import load_model_and_processor
+from segment import default_image_processor
 from transformers import pipeline
 
+from stable_sam_hf.evaluation import load_model, parse_model_spec
 from stable_sam_hf.synthetic import SceneConfig, generate_scene
 
 
@@ -44,12 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=[f"base={ROOT / 'models' / 'toy-sam-128'}"],
-        help="NAME=PATH pairs: SAM or Stable-SAM folders (a plain SAM checkpoint runs as SAM).",
+        default=[f"base=sam:{ROOT / 'models' / 'toy-sam-128'}"],
+        help="NAME=METHOD:PATH as in training/evaluate_model.py: sam=sam:models/toy-sam-128, a Stable-SAM checkpoint "
+        "or run folder, or any run folder of training/train.py (lora, adapter, decoder, ...).",
     )
-    parser.add_argument(
-        "--base_model", default=None, help="Load Stable-SAM adapters onto this SAM checkpoint instead of their own."
-    )
+    parser.add_argument("--base_model", default=None, help="Base SAM of run folders (overrides the runs' own).")
     parser.add_argument("--world", choices=sorted(WORLDS), default="sa1b", help="Which scenes (see above).")
     parser.add_argument("--domain", choices=["train", "shifted"], default="train", help="Scene domain.")
     parser.add_argument("--num_scenes", type=int, default=24, help="Held-out scenes.")
@@ -63,15 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_models(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, str]:
+def parse_models(parser: argparse.ArgumentParser, specs: list[str], base_model: str | None) -> dict:
     models = {}
-    for spec in specs:
-        name, _, path = spec.partition("=")
-        if not name or not path:
-            parser.error(f"--models takes NAME=PATH pairs, got {spec!r}.")
-        if name in models:
-            parser.error(f"--models names {name!r} twice.")
-        models[name] = path
+    for text in specs:
+        try:
+            spec = parse_model_spec(text, base_model)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(f"--models: {error}")
+        if spec.name in models:
+            parser.error(f"--models names {spec.name!r} twice.")
+        models[spec.name] = spec
     return models
 
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     for option in ("pred_iou_thresh", "stability_score_thresh"):
         if not 0 <= getattr(args, option) <= 1:
             parser.error(f"--{option} must lie in [0, 1], got {getattr(args, option)}.")
-    models = parse_models(parser, args.models)
+    models = parse_models(parser, args.models, args.base_model)
     start, knobs = WORLDS[args.world]
     config = SceneConfig.from_strings(list(knobs)) if knobs else SceneConfig()
     scenes = []
@@ -131,12 +132,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         scenes.append((PIL.Image.fromarray(image), masks))
 
     results = {}
-    for name, path in models.items():
-        try:
-            model, processor = load_model_and_processor(path, "cpu", args.base_model)
-        except ValueError as error:
-            parser.error(str(error))
-        generator = pipeline("mask-generation", model=model, image_processor=processor.image_processor)
+    for name, spec in models.items():
+        model = load_model(spec)
+        generator = pipeline("mask-generation", model=model, image_processor=default_image_processor(model))
         with torch.inference_mode():
             results[name] = score_model(generator, scenes, args)
 

@@ -143,7 +143,7 @@ def test_mask_generation_pipeline_finds_objects_with_the_shipped_toy(capsys):
     sys.path.insert(0, str(ROOT / "examples"))
     import toy_automatic_masks
 
-    argv = ["--models", f"toy={TOY_BASE}", "--num_scenes", "3", "--pred_iou_thresh", "0.5"]
+    argv = ["--models", f"toy=sam:{TOY_BASE}", "--num_scenes", "3", "--pred_iou_thresh", "0.5"]
     results = toy_automatic_masks.main([*argv, "--stability_score_thresh", "0.8"])["toy"]
     # Before its multimask outputs were trained, the toy's three masks per point were noise scored about 0.01: the
     # pipeline kept none
