@@ -71,6 +71,18 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
+def test_cpu_thread_advice_only_for_one_cpu_process_on_one_thread_with_cores_free():
+    sys.path.insert(0, str(TRAIN.parent))
+    import train  # noqa: E402
+
+    advice = train.cpu_thread_advice("cpu", 1, 1, 2)
+    assert "--num_cpu_threads_per_process 2" in advice
+    assert train.cpu_thread_advice("cpu", 1, 2, 2) is None  # already on every core
+    assert train.cpu_thread_advice("cpu", 2, 1, 2) is None  # one thread per process is what several processes want
+    assert train.cpu_thread_advice("cpu", 1, 1, 1) is None  # nothing to gain
+    assert train.cpu_thread_advice("cuda", 1, 1, 8) is None
+
+
 def test_help_documents_every_option():
     result = run_process([sys.executable, str(TRAIN), "--help"], env=_env())
     assert result.returncode == 0

@@ -14,6 +14,7 @@ HQSeg-44K, 44,320 samples / 32 = 1,385 steps). Checkpoints (`save_state`) hold t
 import json
 import logging
 import math
+import os
 import shutil
 import zlib
 from dataclasses import dataclass, field
@@ -137,6 +138,17 @@ class RecipeArguments:
             parse_prompt_type(prompt_type)
 
 
+def cpu_thread_advice(device_type: str, num_processes: int, threads: int, cores: int) -> str | None:
+    """A warning when one CPU process trains on one thread with more cores free (`accelerate launch` sets
+    OMP_NUM_THREADS=1 for a CPU process unless `--num_cpu_threads_per_process` says otherwise), else `None`."""
+    if device_type != "cpu" or num_processes != 1 or threads != 1 or cores < 2:
+        return None
+    return (
+        f"torch trains on 1 thread while {cores} cores are free (accelerate launch sets OMP_NUM_THREADS=1 for a CPU "
+        f"process): `accelerate launch --num_cpu_threads_per_process {cores} training/train.py ...` is faster."
+    )
+
+
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, TrainStreamArguments, RecipeArguments), description=__doc__)
     return parser.parse_args_into_dataclasses(args=argv)
@@ -233,6 +245,10 @@ def main(argv=None):
     accelerator.gradient_accumulation_steps = args.total_batch_size // per_step
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    advice = cpu_thread_advice(accelerator.device.type, accelerator.num_processes, torch.get_num_threads(), cores)
+    if advice:
+        logger.warning(advice)
 
     segmenter = build_segmenter(model_args.method, model_args.base_model)
     image_size = segmenter.sam.config.vision_config.image_size
