@@ -318,7 +318,6 @@ def main(args: MultimaskTrainingArguments) -> dict:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.requires_grad_(True)
     save_final_model(model, output_dir, "float16")
     card_path = Path(args.base_model) / "README.md"
     card = card_path.read_text() if card_path.is_file() else ""
