@@ -4,8 +4,14 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers import SamModel
+
+from fixtures import FIXTURE_VALIDATION_FOLDERS, load_prepare_script, make_hqseg_tree
+from tiny import tiny_sam_config
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +82,49 @@ def test_quickstart_reports_every_cell(quickstart_run):
         assert int(row["num_objects"]) >= 2 * len(scenes)
     assert "COCO protocol" in summary
     with Image.open(quickstart_run / "compare_with_sam.png") as figure:
+        assert figure.width > 200 and figure.height > 200
+
+
+def test_quickstart_runs_the_real_recipe_path_on_a_given_sam_and_dataset(tmp_path):
+    # `--base_model facebook/sam-vit-base --dataset <HQSeg-44K>` on a tiny SAM folder and a fixture tree in HQSeg-44K's
+    # layout prepared by prepare_hqseg44k.py. No --output_size: it comes from the base's config (train.py stops on any
+    # other size than the model's, so the toy's 128 would fail here)
+    sys.path.insert(0, str(ROOT / "examples"))
+    import quickstart
+
+    torch.manual_seed(0)
+    SamModel(tiny_sam_config()).save_pretrained(tmp_path / "sam")
+    tree = make_hqseg_tree(tmp_path / "raw", n_per_dataset=4, size=(48, 64))
+    # An unreadable image sorted first in the first validation subset: the figure skips it with a warning
+    (tree.root / "DIS5K/DIS-VD/im/aaa_truncated.jpg").write_bytes(b"\xff\xd8\xff")
+    (tree.root / "DIS5K/DIS-VD/gt/aaa_truncated.png").write_bytes(
+        (tree.root / "DIS5K/DIS-VD/gt/dis5k-vd_000.png").read_bytes()
+    )
+    prepare = load_prepare_script()
+    dataset = prepare.prepare(prepare.PrepareArguments(output_dir=str(tmp_path / "hqseg"), source=str(tree.root)))
+    output_dir = tmp_path / "run"
+    quickstart.main(
+        ["--output_dir", str(output_dir), "--base_model", str(tmp_path / "sam"), "--dataset", str(dataset)]
+        + ["--methods", "stable", "--max_train_steps", "2", "--total_batch_size", "4", "--per_device_train_batch_size"]
+        + ["2", "--num_prompts", "1", "--prompt_types", "box", "noisy_box"]
+    )
+    assert not (output_dir / "scenes").exists() and not (output_dir / "data").exists()  # nothing synthetic made
+    with (output_dir / "eval" / "results.csv").open() as stream:
+        rows = [row for row in csv.DictReader(stream) if row["routing_weight"] in ("", "None")]
+    validation = {name for name, _, _ in FIXTURE_VALIDATION_FOLDERS}
+    assert {row["dataset"] for row in rows} == validation | {"average"}
+    assert {row["model"] for row in rows} == {"base", "stable"}
+    # The real subsets keep their names: the toy's labels would call COIFT a shifted domain and HRSOD COCO-like
+    summary = (output_dir / "summary.md").read_text()
+    for name in [*validation, "average over the validation subsets"]:
+        assert f"\n{name} (mIoU %" in summary
+    assert not any(label in summary for label in quickstart.DATASET_LABELS.values())
+    # The side-by-side figure is drawn on the first readable object of DIS5K-VD, the truncated image skipped
+    with Image.open(output_dir / "held_out_example.png") as example:
+        drawn = np.array(example.convert("RGB"))
+    with Image.open(tree.root / "DIS5K/DIS-VD/im/dis5k-vd_000.jpg") as first:
+        assert np.array_equal(drawn, np.array(first.convert("RGB")))
+    with Image.open(output_dir / "compare_with_sam.png") as figure:
         assert figure.width > 200 and figure.height > 200
 
 
