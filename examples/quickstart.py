@@ -58,7 +58,8 @@ COCO_LIKE_START = 30_000
 # The demo's world (SceneConfig knobs): HQSeg-like scenes, one large labelled object and up to two smaller unlabelled
 # ones, as HQSeg-44K and the paper's HQ benchmarks annotate one foreground object per image. The toy base was trained
 # the way SAM was, on SA-1B-like scenes where every object is labelled (`--scene_config salient_min_radius=0
-# salient_max_radius=0` gives those back; README, "The offline demo", measures the worlds in between).
+# salient_max_radius=0` gives those back; docs/toy-demo.md, "Why the world decides the gain", measures the worlds in
+# between).
 HQ_LIKE_SCENES = (
     "salient_min_radius=0.2",
     "salient_max_radius=0.3",

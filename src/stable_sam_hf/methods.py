@@ -315,8 +315,8 @@ def optimizer_parameter_groups(
 
     Adam moves every parameter by about the learning rate per step whatever its gradient's size, so at Stable-SAM's
     1e-3 the 256 x 256 identity projection of the DSP drifts far from the identity within a few hundred steps. A
-    smaller rate for it alone is a recipe option (`--projection_lr_scale` of `training/train.py`); see the README's
-    "The offline demo" for what it changes on the toy base.
+    smaller rate for it alone is a recipe option (`--projection_lr_scale` of `training/train.py`); see
+    docs/toy-demo.md for what it changes on the toy base.
 
     Args:
         model (`nn.Module`): the model (or `PromptedSegmenter`) whose `requires_grad` parameters train.
