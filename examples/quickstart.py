@@ -153,11 +153,11 @@ class QuickstartArguments:
             )
 
 
-def run(command: list[str], log: Path) -> None:
+def run(args: QuickstartArguments, command: list[str], log: Path) -> None:
     """Runs one step of the demo, its output in `log`; a failure stops the demo with the log's tail."""
     start = time.perf_counter()
     with log.open("w") as stream:
-        result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+        result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env(args))
     if result.returncode != 0:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); end of {log}:\n{tail}")
@@ -171,8 +171,11 @@ def _cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+def child_env(args: QuickstartArguments) -> dict:
+    """The steps' environment: offline (HF_HUB_OFFLINE=1 unless set) when the base model and the dataset are local
+    folders, as in the offline default; a Hub id such as facebook/sam-vit-base is downloaded by the steps."""
+    local = Path(args.base_model).is_dir() and (args.dataset is None or Path(args.dataset).is_dir())
+    return {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")} if local else dict(os.environ)
 
 
 def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", output_dir: Path) -> Path:
@@ -229,6 +232,7 @@ def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", out
     dataset = output_dir / "data"
     logger.info("Preparing the synthetic dataset in HQSeg-44K's layout")
     run(
+        args,
         [sys.executable, "training/prepare_hqseg44k.py", "--source", str(raw), "--output_dir", str(dataset)]
         + ["--overwrite_output_dir", "--row_group_size", "64"],
         output_dir / "prepare.log",
@@ -260,7 +264,7 @@ def train(args: QuickstartArguments, method: str, dataset: Path, output_dir: Pat
         command += ["--projection_lr_scale", str(args.projection_lr_scale)]
     if method in METHOD_DECODER_LEARNING_RATES:
         command += ["--decoder_learning_rate", str(METHOD_DECODER_LEARNING_RATES[method])]
-    run(command, run_dir / "train.log")
+    run(args, command, run_dir / "train.log")
     return run_dir
 
 
@@ -276,7 +280,7 @@ def evaluate(args: QuickstartArguments, runs: dict[str, Path], dataset: Path, ou
     if args.num_coco_like_scenes:
         coco = output_dir / COCO_LIKE_FOLDER
         command += ["--coco_annotations", str(coco / "instances.json"), "--coco_images", str(coco / "images")]
-    run(command, output_dir / "evaluate.log")
+    run(args, command, output_dir / "evaluate.log")
     return eval_dir
 
 
@@ -317,7 +321,7 @@ def side_by_side(args: QuickstartArguments, config: "SceneConfig", stable_run: P
     command = [sys.executable, "examples/compare_with_sam.py", str(image_path), "--box", *[f"{v:g}" for v in box]]
     command += ["--model", str(stable_run), "--out", str(figure), "--num_prompts", "4", "--seed", str(args.seed)]
     logger.info("Drawing SAM and Stable-SAM side by side on noisy boxes")
-    run(command, output_dir / "compare.log")
+    run(args, command, output_dir / "compare.log")
     return figure
 
 

@@ -128,6 +128,24 @@ def test_quickstart_runs_the_real_recipe_path_on_a_given_sam_and_dataset(tmp_pat
         assert figure.width > 200 and figure.height > 200
 
 
+def test_steps_run_offline_only_on_local_models_and_data(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import quickstart
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "data").mkdir()
+    offline = quickstart.QuickstartArguments(output_dir=str(tmp_path / "run"))  # the toy base, synthetic scenes
+    assert quickstart.child_env(offline)["HF_HUB_OFFLINE"] == "1"
+    local = quickstart.QuickstartArguments(output_dir=str(tmp_path / "run"), dataset=str(tmp_path / "data"))
+    assert quickstart.child_env(local)["HF_HUB_OFFLINE"] == "1"
+    # The real recipe downloads SAM and HQSeg-44K: forcing the steps offline would stop it at its first download
+    for hub in ({"base_model": "facebook/sam-vit-base"}, {"dataset": "user/hqseg44k"}):
+        real = quickstart.QuickstartArguments(output_dir=str(tmp_path / "run"), **hub)
+        assert "HF_HUB_OFFLINE" not in quickstart.child_env(real)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a user who sets it keeps it
+    assert quickstart.child_env(real)["HF_HUB_OFFLINE"] == "1"
+
+
 def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
     sys.path.insert(0, str(ROOT / "examples"))
     import quickstart
