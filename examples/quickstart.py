@@ -1,8 +1,9 @@
 """The offline demo: train Stable-SAM's plugins and the baselines on a frozen toy SAM, evaluate them under poor prompts.
 
     python examples/quickstart.py                      # offline, the toy SAM shipped in models/toy-sam-128
+    # The real recipe and the paper's evaluation (every object, 20 prompts each), where the Hub and a GPU are available
     python examples/quickstart.py --base_model facebook/sam-vit-base --dataset data/hqseg44k \\
-        --max_train_steps 1385 --total_batch_size 32  # the real recipe, where the Hub and a GPU are available
+        --max_train_steps 1385 --total_batch_size 32 --max_objects_per_dataset 0 --num_prompts 20
 
 Steps, each through the project's own scripts so the demo exercises the real paths:
 1. data: synthetic scenes (`stable_sam_hf.synthetic`) written in HQSeg-44K's folder layout and turned into a streamed
@@ -129,7 +130,10 @@ class QuickstartArguments:
             "about 6 objects each, and at most --max_objects_per_dataset of them are evaluated. 0 leaves them out."
         },
     )
-    max_objects_per_dataset: int = field(default=60, metadata={"help": "Objects evaluated per dataset."})
+    max_objects_per_dataset: int = field(
+        default=60,
+        metadata={"help": "Objects evaluated per dataset, the first ones; 0: every object (the paper's benchmarks)."},
+    )
     prompt_types: list[str] = field(
         default_factory=lambda: ["box", "noisy_box", "points_1", "points_3"],
         metadata={"help": "Evaluation prompt types."},
@@ -138,7 +142,12 @@ class QuickstartArguments:
     seed: int = field(default=0, metadata={"help": "Seed of scenes, training and prompts."})
 
     def __post_init__(self):
-        for name, least in (("num_train_scenes", 1), ("num_eval_scenes", 1), ("num_coco_like_scenes", 0)):
+        for name, least in (
+            ("num_train_scenes", 1),
+            ("num_eval_scenes", 1),
+            ("num_coco_like_scenes", 0),
+            ("max_objects_per_dataset", 0),
+        ):
             if getattr(self, name) < least:
                 raise ValueError(f"`{name}` must be an integer >= {least}, got {getattr(self, name)}.")
         if self.dataset is not None and self.num_coco_like_scenes > 0:
@@ -274,7 +283,9 @@ def evaluate(args: QuickstartArguments, runs: dict[str, Path], dataset: Path, ou
     logger.info("Evaluating %s", ", ".join(model.split("=")[0] for model in models))
     command = [sys.executable, "training/evaluate_model.py", "--dataset", str(dataset), "--output_dir", str(eval_dir)]
     command += ["--models", *models, "--prompt_types", *args.prompt_types, "--num_prompts", str(args.num_prompts)]
-    command += ["--seed", str(args.seed), "--max_objects_per_dataset", str(args.max_objects_per_dataset)]
+    command += ["--seed", str(args.seed)]
+    if args.max_objects_per_dataset:
+        command += ["--max_objects_per_dataset", str(args.max_objects_per_dataset)]
     if "stable" in runs:
         command += ["--routing_weight", "0", "0.5", "1"]
     if args.num_coco_like_scenes:

@@ -106,7 +106,7 @@ def test_quickstart_runs_the_real_recipe_path_on_a_given_sam_and_dataset(tmp_pat
     quickstart.main(
         ["--output_dir", str(output_dir), "--base_model", str(tmp_path / "sam"), "--dataset", str(dataset)]
         + ["--methods", "stable", "--max_train_steps", "2", "--total_batch_size", "4", "--per_device_train_batch_size"]
-        + ["2", "--num_prompts", "1", "--prompt_types", "box", "noisy_box"]
+        + ["2", "--num_prompts", "1", "--prompt_types", "box", "noisy_box", "--max_objects_per_dataset", "0"]
     )
     assert not (output_dir / "scenes").exists() and not (output_dir / "data").exists()  # nothing synthetic made
     with (output_dir / "eval" / "results.csv").open() as stream:
@@ -114,6 +114,11 @@ def test_quickstart_runs_the_real_recipe_path_on_a_given_sam_and_dataset(tmp_pat
     validation = {name for name, _, _ in FIXTURE_VALIDATION_FOLDERS}
     assert {row["dataset"] for row in rows} == validation | {"average"}
     assert {row["model"] for row in rows} == {"base", "stable"}
+    # --max_objects_per_dataset 0: every object of every subset, the unreadable one counted, not lost
+    for row in rows:
+        if row["dataset"] in validation:
+            assert int(row["num_objects"]) == 4
+            assert int(row["num_skipped"]) == (row["dataset"] == "DIS5K-VD")
     # The real subsets keep their names: the toy's labels would call COIFT a shifted domain and HRSOD COCO-like
     summary = (output_dir / "summary.md").read_text()
     for name in [*validation, "average over the validation subsets"]:
@@ -154,6 +159,8 @@ def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "clutter=3"])
     with pytest.raises(ValueError, match="salient_min_radius"):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--scene_config", "salient_min_radius=0.2"])
+    with pytest.raises(ValueError, match="`max_objects_per_dataset` must be an integer >= 0, got -1"):
+        quickstart.main(["--output_dir", str(tmp_path / "run"), "--max_objects_per_dataset", "-1"])
     with pytest.raises(ValueError, match="`num_coco_like_scenes` must be an integer >= 0, got -1"):
         quickstart.main(["--output_dir", str(tmp_path / "run"), "--num_coco_like_scenes", "-1"])
     with pytest.raises(ValueError, match="`num_coco_like_scenes` adds synthetic scenes"):
