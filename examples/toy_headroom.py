@@ -4,8 +4,9 @@ On SA-1B-like scenes (every object labelled) the plugins gain little; on HQSeg-l
 image, the quickstart's world) they close about half the gaps. This script measures both, on the shipped toy SAM: it
 trains, on cached image embeddings of synthetic scenes (no augmentation, so hundreds of steps take a minute or two),
 the Stable-SAM plugins (once per `--projection_lr_scales` value) and, as an upper bound for anything that leaves the
-image encoder frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ... full` adds the whole
-model, encoder included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both synthetic
+image encoder frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ... heads` adds SAM's mask
+heads alone (the part of the LoRA and adapter baselines outside the encoder), `--methods ... full` the whole model,
+encoder included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both synthetic
 domains, by object shape, and under noisy boxes by whether the box cuts its target; each run's paired difference to the
 base with a bootstrap interval; Stable-SAM's mean `alpha_1` per prompt type (the paper's Table 7) and how far its DSP
 offsets move. `--scene_config` changes the scenes (training and held-out alike) to ask how the gaps depend on the
@@ -39,6 +40,7 @@ from transformers.utils import logging as transformers_logging
 
 from stable_sam_hf import StableSamModel
 from stable_sam_hf.methods import (
+    PREDICTION_HEAD_PREFIXES,
     SAM_PIXEL_MEAN,
     SAM_PIXEL_STD,
     instance_loss,
@@ -53,8 +55,8 @@ from stable_sam_hf.synthetic import SceneConfig, generate_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_BASE = ROOT / "models" / "toy-sam-128"
-METHODS = ("stable", "decoder", "full", "base")
-METHOD_LEARNING_RATES = {"stable": 1e-3, "decoder": 1e-4, "full": 1e-4}  # as the quickstart
+METHODS = ("stable", "heads", "decoder", "full", "base")
+METHOD_LEARNING_RATES = {"stable": 1e-3, "heads": 1e-3, "decoder": 1e-4, "full": 1e-4}  # as the quickstart
 ALPHA_PROMPT_TYPES = ("box", "noisy_box", "points_1", "points_3", "points_10")
 # Clean prompts, as the base was trained (`train_toy_base.py`: GT boxes about half the time, else 3-10 points)
 BASE_PROMPT_TYPES = ("box", "points_3", "box", "points_5", "box", "points_10")
@@ -69,8 +71,9 @@ class ToyHeadroomArguments:
     methods: list[str] = field(
         default_factory=lambda: ["stable", "decoder"],
         metadata={
-            "help": "stable (plugins), decoder (whole decoder), full (whole model, encoder included); `base` alone "
-            "evaluates the frozen base only (and probes its embeddings)."
+            "help": "stable (plugins), heads (SAM's mask heads, the LoRA and adapter baselines' part outside the "
+            "encoder), decoder (whole decoder), full (whole model, encoder included); `base` alone evaluates the "
+            "frozen base only (and probes its embeddings)."
         },
     )
     projection_lr_scales: list[float] = field(
@@ -428,15 +431,20 @@ def object_probe(
 
 
 def load_trainable(method: str, base_model: str, **plugin_kwargs) -> SamModel:
-    """Stable-SAM with only its plugins trainable (`plugin_kwargs` configure them), or SAM with its mask decoder or
-    everything trainable (float32)."""
+    """Stable-SAM with only its plugins trainable (`plugin_kwargs` configure them), or SAM with its mask heads, its mask
+    decoder or everything trainable (float32)."""
     if method == "stable":
         model = StableSamModel.from_pretrained(base_model, dtype=torch.float32, **plugin_kwargs)
         model.freeze_base_model()
     else:
         model = SamModel.from_pretrained(base_model, dtype=torch.float32)
+        trains = {
+            "heads": lambda name: name.startswith(PREDICTION_HEAD_PREFIXES),
+            "decoder": lambda name: name.startswith("mask_decoder."),
+            "full": lambda name: True,
+        }[method]
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(method == "full" or name.startswith("mask_decoder."))
+            parameter.requires_grad_(trains(name))
     return model.eval()
 
 
@@ -564,7 +572,7 @@ def main(argv=None) -> dict:
     runs = [("base", "stable", None)]
     if "stable" in args.methods:
         runs += [(f"stable (proj lr x{scale:g})", "stable", scale) for scale in args.projection_lr_scales]
-    runs += [(method, method, 1.0) for method in ("decoder", "full") if method in args.methods]
+    runs += [(method, method, 1.0) for method in ("heads", "decoder", "full") if method in args.methods]
     results = {"args": asdict(args), "noisy_box_ambiguity": ambiguity, "object_separation": separation, "runs": {}}
     plugin_kwargs = {"plugin_layers": args.plugin_layers, "offset_range": args.offset_range}
     for name, method, scale in runs:

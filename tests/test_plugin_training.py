@@ -137,6 +137,26 @@ def test_headroom_arguments_are_checked(headroom, tmp_path):
         )
 
 
+def test_each_headroom_method_trains_its_own_parameters(headroom):
+    from stable_sam_hf.methods import build_segmenter
+
+    expected = {
+        "heads": lambda name: name.startswith("mask_decoder.output_hypernetworks_mlps."),
+        "decoder": lambda name: name.startswith("mask_decoder."),
+        "full": lambda name: True,
+    }
+    for method, trains in expected.items():
+        model = headroom.load_trainable(method, str(headroom.TOY_BASE))
+        trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+        assert trainable == {name for name, _ in model.named_parameters() if trains(name)}, method
+    # The heads are what train.py's `heads` method trains, the part of LoRA and the adapter outside the encoder
+    segmenter = build_segmenter("heads", str(headroom.TOY_BASE))
+    heads = headroom.load_trainable("heads", str(headroom.TOY_BASE))
+    assert sum(p.numel() for p in segmenter.parameters() if p.requires_grad) == sum(
+        p.numel() for p in heads.parameters() if p.requires_grad
+    )
+
+
 def test_random_offset_start_moves_the_samples_and_alpha_zero_is_still_sam(headroom):
     from stable_sam_hf import StableSamModel
 
