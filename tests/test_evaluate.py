@@ -534,3 +534,66 @@ def test_coco_prompt_boxes_are_in_the_iou_band(workspace):
     assert ((iou >= 0.5) & (iou < 0.6)).all()
     assert torch.equal(coco_prompt_boxes(objects, seed=0)[0], boxes)
     assert not torch.equal(coco_prompt_boxes(objects, seed=1)[0], boxes)
+
+
+def _quick_argv(model: Path, data: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        *("--models", f"sam=sam:{model}", "--dataset", str(data), "--dataset_names", "COIFT"),
+        *("--output_dir", str(output_dir), "--prompt_types", "box", "--bootstrap_resamples", "0", *extra),
+    ]
+
+
+def test_rerun_after_retraining_or_repreparing_does_not_reuse_old_records(workspace, tmp_path):
+    import shutil
+
+    model, data, output_dir = tmp_path / "model", tmp_path / "data", tmp_path / "eval"
+    shutil.copytree(workspace / "sam", model)
+    shutil.copytree(workspace / "data", data)
+    first = evaluate_model.main(_quick_argv(model, data, output_dir))
+
+    # The model retrained at the same path: a rerun into the same folder scores the new weights
+    torch.manual_seed(7)
+    SamModel(tiny_sam_config()).save_pretrained(model)
+    retrained = evaluate_model.main(_quick_argv(model, data, output_dir))
+    fresh = evaluate_model.main(_quick_argv(model, data, tmp_path / "fresh"))
+    assert [r["mIoU"] for r in retrained] == [r["mIoU"] for r in fresh]
+    assert [r["mIoU"] for r in retrained] != [r["mIoU"] for r in first]
+
+    # The dataset re-prepared at the same path (other images and masks under the same ids)
+    make_hqseg_tree(tmp_path / "raw", n_per_dataset=3, size=(48, 64), seed=5, bad_samples=False)
+    prepare = load_prepare_script()
+    shutil.rmtree(data)
+    prepare.prepare(prepare.PrepareArguments(output_dir=str(data), source=str(tmp_path / "raw")))
+    reprepared = evaluate_model.main(_quick_argv(model, data, output_dir))
+    fresh = evaluate_model.main(_quick_argv(model, data, tmp_path / "fresh2"))
+    assert [r["mIoU"] for r in reprepared] == [r["mIoU"] for r in fresh]
+    assert [r["mIoU"] for r in reprepared] != [r["mIoU"] for r in retrained]
+
+
+def test_listed_subset_without_rows_is_an_error(workspace, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data", data)
+    # What an interrupted `prepare --overwrite_output_dir` leaves: the card lists the subset, its shards are gone
+    shutil.rmtree(data / "COIFT")
+    with pytest.raises(ValueError, match="subset 'COIFT' has no rows"):
+        evaluate_model.main(_quick_argv(workspace / "sam", data, tmp_path / "eval"))
+    assert not (tmp_path / "eval" / "results.csv").exists()
+
+
+def test_unknown_method_and_bad_numbers_are_named_before_loading(workspace, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'samm'.*known methods: sam, "):
+        parse_model_spec(f"x=samm:{workspace / 'sam'}")
+    base = ["--models", "sam=sam:nowhere/model", "--dataset", "x", "--output_dir", str(tmp_path)]
+    for option, value in (("--noise_scale", "-0.1"), ("--noise_scale", "nan"), ("--dilation_ratio", "0")):
+        with pytest.raises(ValueError, match=option[2:]):
+            evaluate_model.main([*base, option, value])
+
+
+def test_truncated_training_summary_names_the_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_summary.json").write_text('{"method": "lora", "base_mo')
+    with pytest.raises(ValueError, match=r"run[/\\]training_summary.json is not valid JSON"):
+        parse_model_spec(f"tuned={run}")

@@ -48,6 +48,7 @@ from stable_sam_hf.evaluation import (
     draw_prompts,
     load_model,
     parse_model_spec,
+    path_fingerprint,
     score_object,
 )
 from stable_sam_hf.metrics import bootstrap_interval
@@ -169,6 +170,13 @@ class EvaluationArguments:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
         if self.seed < 0:
             raise ValueError(f"`seed` must be >= 0, got {self.seed}.")
+        if not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise ValueError(f"`noise_scale` must be a finite number >= 0, got {self.noise_scale}.")
+        if not (math.isfinite(self.dilation_ratio) and 0 < self.dilation_ratio < 1):
+            raise ValueError(
+                f"`dilation_ratio` (boundary band, fraction of the image diagonal) must lie in (0, 1), got "
+                f"{self.dilation_ratio}."
+            )
         if self.bootstrap_resamples < 0:
             raise ValueError(f"`bootstrap_resamples` must be >= 0 (0: no intervals), got {self.bootstrap_resamples}.")
         for weight in self.routing_weight or []:
@@ -195,6 +203,10 @@ def run_key(spec: ModelSpec, args: EvaluationArguments, source: str) -> str:
     settings = {
         "model": asdict(spec),
         "source": source,
+        # What the paths hold: a retrained model or a re-prepared dataset at the same path is evaluated anew
+        "model_files": path_fingerprint(spec.path, model=True),
+        "base_model_files": path_fingerprint(spec.base_model, model=True) if spec.run_folder else None,
+        "source_files": path_fingerprint(source),
         "seed": args.seed,
         "num_prompts": args.num_prompts,
         "noise_scale": args.noise_scale,
@@ -377,6 +389,13 @@ def _load_subsets(args: EvaluationArguments) -> dict:
             f"`dataset` {args.dataset!r} could not be read as a dataset written by training/prepare_hqseg44k.py "
             f"(a local folder or a Hub dataset reachable from here): {type(error).__name__}: {error}"
         ) from error
+    for name, part in subsets.items():
+        # An interrupted `prepare --overwrite` leaves a subset without rows: that is no result to report
+        if next(iter(part), None) is None:
+            raise ValueError(
+                f"`dataset` {args.dataset!r}: validation subset {name!r} has no rows; prepare it again or leave it out "
+                "of `dataset_names`."
+            )
     order = [subset.name for subset in hqseg_subsets("validation")]
     return dict(sorted(subsets.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 

@@ -7,6 +7,7 @@ low-resolution logits are upsampled to the padded input size, cropped, resized t
 0. The image encoder runs once per image; all prompts of one type go through the decoder as one point batch.
 """
 
+import hashlib
 import json
 import math
 import re
@@ -74,7 +75,57 @@ def _read_run_summary(path: str) -> dict[str, Any] | None:
     summary = Path(path) / RUN_SUMMARY_NAME
     if not summary.is_file():
         return None
-    return json.loads(summary.read_text())
+    try:
+        content = json.loads(summary.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{summary} is not valid JSON (truncated or corrupted?): {error}") from error
+    if not isinstance(content, dict) or not isinstance(content.get("method"), str):
+        raise ValueError(f"{summary} must be a JSON object naming the run's `method`, got {str(content)[:80]!r}.")
+    return content
+
+
+# Bytes read at each end of a file for its fingerprint: bounded, yet a retrained model or re-prepared shard differs
+_FINGERPRINT_BYTES = 1 << 16
+# Files of a model folder that loading reads (a run folder's logs and checkpoints/ do not change the model)
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth")
+
+
+def _file_fingerprint(path: Path) -> list:
+    stat = path.stat()
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        digest.update(handle.read(_FINGERPRINT_BYTES))
+        if stat.st_size > _FINGERPRINT_BYTES:
+            handle.seek(max(_FINGERPRINT_BYTES, stat.st_size - _FINGERPRINT_BYTES))
+            digest.update(handle.read())
+    return [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+
+
+def path_fingerprint(path: str | None, *, model: bool = False) -> str | None:
+    """
+    What a local file or folder holds, as a short hash: each file's size, modification time and a hash of its first and
+    last 64 KiB. A Hub id (nothing local) gives None: its string alone names it.
+
+    Args:
+        path (`str`, *optional*): a model or dataset path.
+        model (`bool`): only the top-level files that loading a model reads (weights and JSON configs); otherwise every
+            file below `path` but hidden ones (a dataset's shards and its README's configs).
+    """
+    if path is None or not Path(path).exists():
+        return None
+    root = Path(path)
+    if root.is_file():
+        files = [root]
+    elif model:
+        files = sorted(f for f in root.iterdir() if f.is_file() and f.suffix in _MODEL_FILE_SUFFIXES)
+    else:
+        files = sorted(
+            f
+            for f in root.rglob("*")
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts)
+        )
+    entries = {str(f.relative_to(root)) if f != root else f.name: _file_fingerprint(f) for f in files}
+    return hashlib.sha1(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
@@ -105,6 +156,11 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
     method, path = None, rest
     if ":" in rest and rest.split(":", 1)[0] in EVALUATION_METHODS:
         method, path = rest.split(":", 1)
+    elif ":" in rest and not Path(rest).exists() and _NAME_PATTERN.match(rest.split(":", 1)[0]):
+        # Neither Hub ids nor local paths here hold a colon: the part before it names a method
+        raise ValueError(
+            f"Model spec {spec!r}: unknown method {rest.split(':', 1)[0]!r}; known methods: {', '.join(EVALUATION_METHODS)}."
+        )
     if not path:
         raise ValueError(f"Model spec {spec!r} has no path: expected NAME=METHOD:PATH.")
     check_local_or_hub(path, f"path of model spec {spec!r}")
@@ -533,6 +589,7 @@ __all__ = [
     "is_deterministic",
     "load_model",
     "parse_model_spec",
+    "path_fingerprint",
     "prompt_generator",
     "score_object",
 ]
