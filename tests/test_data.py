@@ -151,6 +151,74 @@ def test_prepare_reports_missing_masks_and_missing_subsets(tmp_path, caplog):
         prepare_hqseg44k.PrepareArguments(output_dir="x", splits=["test"])
 
 
+def _dis5k_rows(path) -> list[str]:
+    return sorted(row["id"] for row in load_segmentation_stream(str(path), "train", ["DIS5K-TR"]))
+
+
+def test_prepare_overwrite_failing_part_way_keeps_the_previous_dataset(tmp_path, monkeypatch):
+    tree = make_hqseg_tree(tmp_path / "raw", n_per_dataset=2, bad_samples=False)
+    out = tmp_path / "out"
+    arguments = prepare_hqseg44k.PrepareArguments(output_dir=str(out), source=str(tree.root), splits=["train"])
+    prepare_hqseg44k.prepare(arguments)
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    (out / "DUTS-TR" / "notes.txt").write_text("the user's own file")
+    (tree.root / "DIS5K/DIS-TR/im" / f"{tree.good['DIS5K-TR'][0]}.jpg").unlink()  # the new dataset differs
+    real_write_subset = prepare_hqseg44k.write_subset
+
+    def write_subset_failing_on_duts(pairs, subset, *args):
+        if subset.name == "DUTS-TR":
+            raise OSError("disk full")
+        return real_write_subset(pairs, subset, *args)
+
+    monkeypatch.setattr(prepare_hqseg44k, "write_subset", write_subset_failing_on_duts)
+    arguments.overwrite_output_dir = True
+    with pytest.raises(OSError, match="disk full"):
+        prepare_hqseg44k.prepare(arguments)
+    after = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert after == {**before, Path("DUTS-TR/notes.txt"): b"the user's own file"}  # nothing replaced, nothing left
+    assert _dis5k_rows(out) == sorted(tree.good["DIS5K-TR"])
+
+    # Completed, the new subsets replace the old shards and the user's file stays
+    monkeypatch.setattr(prepare_hqseg44k, "write_subset", real_write_subset)
+    prepare_hqseg44k.prepare(arguments)
+    assert _dis5k_rows(out) == [tree.good["DIS5K-TR"][1]]
+    assert (out / "DUTS-TR" / "notes.txt").read_text() == "the user's own file"
+    assert sorted(path.name for path in out.iterdir()) == ["DIS5K-TR", "DUTS-TR", "README.md", "ThinObject5k-TR"]
+
+
+def test_prepare_skips_counts_and_names_bad_symlinks(tmp_path, caplog):
+    tree = make_hqseg_tree(tmp_path / "raw", n_per_dataset=2, bad_samples=False)
+    images, masks = tree.root / "DIS5K/DIS-TR/im", tree.root / "DIS5K/DIS-TR/gt"
+    good_image, good_mask = images / f"{tree.good['DIS5K-TR'][0]}.jpg", masks / f"{tree.good['DIS5K-TR'][0]}.png"
+    secret = tmp_path / "private" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(good_image.read_bytes())
+    (images / "dangling.jpg").symlink_to(images / "gone.jpg")
+    (masks / "dangling.png").symlink_to(good_mask)
+    (images / "folder.jpg").symlink_to(images.parent, target_is_directory=True)
+    (masks / "folder.png").symlink_to(good_mask)
+    (images / "outside.jpg").symlink_to(secret)
+    (masks / "outside.png").symlink_to(good_mask)
+    (images / "outside_mask.jpg").symlink_to(good_image)  # a link inside the tree is followed...
+    (masks / "outside_mask.png").symlink_to(secret)  # ...but not its mask's link out of it
+    (images / "inside.jpg").symlink_to(good_image)
+    (masks / "inside.png").symlink_to(good_mask)
+    out = tmp_path / "out"
+    arguments = prepare_hqseg44k.PrepareArguments(
+        output_dir=str(out), source=str(tree.root), splits=["train"], dataset_names=["DIS5K-TR"]
+    )
+    with caplog.at_level(logging.INFO):
+        prepare_hqseg44k.prepare(arguments)
+    assert _dis5k_rows(out) == sorted([*tree.good["DIS5K-TR"], "inside"])
+    assert "1 images skipped (dangling_symlink" in caplog.text
+    assert "1 images skipped (not_a_file" in caplog.text
+    assert f"2 images skipped (symlink_outside_source, image or mask): {images / 'outside.jpg'}, " in caplog.text
+    assert str(images / "outside_mask.jpg") in caplog.text
+    assert "dangling_symlink=1, not_a_file=1, symlink_outside_source=2" in caplog.text
+    written = b"".join(path.read_bytes() for path in out.rglob("*.parquet"))
+    assert len(written) > 0 and b"outside" not in written
+
+
 def test_prepare_downloads_and_unpacks_the_hub_archives(hqseg, tmp_path, monkeypatch):
     tree, local_path = hqseg
     archives = {}

@@ -4,7 +4,14 @@ Source: the Hub *model* repository `sam-hq-team/sam-hq-training` holds `data/DIS
 `data/thin_object_detection.zip`; they are downloaded with `huggingface_hub.hf_hub_download` and unpacked. A local
 folder holding the unpacked `DIS5K/`, `cascade_psp/` and `thin_object_detection/` folders works as well. Which
 folders make up each subset is `stable_sam_hf.data.HQSEG44K_SUBSETS`, transcribed from HQ-SAM's `train/train.py`:
-images `<stem>.jpg`, masks `<stem>.png`; an image without its mask is reported and left out.
+images `<stem>.jpg`, masks `<stem>.png`; an image without its mask is reported and left out. An image or mask that
+is a dangling symlink, not a file (e.g. a symlink to a folder) or a symlink leaving the source tree is not read: the
+pair is skipped, counted by reason and, for links leaving the tree, named (their bytes would otherwise go into the
+dataset and, with `--push_to_hub`, to the Hub).
+
+The dataset is written into a hidden temporary folder inside `--output_dir` and each subset folder and README.md are
+swapped in only when everything is written: a failure part-way leaves the previous dataset as it was. Files of a
+replaced subset folder that this script did not write (anything but its `<split>-*.parquet` shards) are kept.
 
 Output format, chosen so that a local folder and a Hub dataset repository are read by the same
 `datasets.load_dataset(<folder or repo id>, <subset>, split=..., streaming=True)` call:
@@ -26,9 +33,13 @@ DataLoader workers by row group (`IterableDataset.reshard`), and a streamed read
 
 import logging
 import math
+import os
+import re
 import shutil
 import sys
+import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +55,9 @@ from stable_sam_hf.data import HQSEG_FEATURES, HQSEG_SPLITS, HQSegSubset, hqseg_
 logger = logging.getLogger(__name__)
 
 HQSEG44K_REPO_ID = "sam-hq-team/sam-hq-training"
+# Why a listed image is not read; see `list_pairs`
+SKIP_DANGLING, SKIP_NOT_A_FILE, SKIP_OUTSIDE = "dangling_symlink", "not_a_file", "symlink_outside_source"
+SHARD_PATTERN = re.compile(r"(train|validation)-\d{5}-of-\d{5}\.parquet")
 
 
 @dataclass
@@ -79,7 +93,11 @@ class PrepareArguments:
         default=100, metadata={"help": "Samples per parquet row group, the unit of streaming shuffles and splits."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace the README.md and parquet shards of an existing output folder."}
+        default=False,
+        metadata={
+            "help": "Replace the README.md and parquet shards of an existing output folder (written aside first and "
+            "swapped in when complete; other files are kept)."
+        },
     )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub dataset repository id to upload the written dataset to."}
@@ -134,17 +152,33 @@ def fetch_tree(source: str, archives: list[str], unpack_dir: Path, revision: str
     return unpack_dir
 
 
-def list_pairs(root: Path, subset: HQSegSubset) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """`(image, mask)` paths of a subset, sorted by stem, and the images that have no mask."""
+def skip_reason(path: Path, root: Path) -> str | None:
+    """Why `path` (an image or mask listed under the resolved source `root`) must not be read, or `None`."""
+    if path.is_symlink():
+        if not path.exists():
+            return SKIP_DANGLING
+        if not path.resolve().is_relative_to(root):
+            return SKIP_OUTSIDE
+    return None if path.is_file() else SKIP_NOT_A_FILE
+
+
+def list_pairs(root: Path, subset: HQSegSubset) -> tuple[list[tuple[Path, Path]], list[Path], dict[str, list[Path]]]:
+    """`(image, mask)` paths of a subset, sorted by stem; the images that have no mask; and the images whose pair is
+    not read, by reason (`skip_reason` of the image or its mask), e.g. `{"dangling_symlink": [path, ...]}`."""
     image_dir, mask_dir = root / subset.image_dir, root / subset.mask_dir
-    pairs, missing = [], []
+    source = root.resolve()
+    pairs, missing, skipped = [], [], {}
     for image in sorted(image_dir.glob(f"*{subset.image_ext}")):
         mask = mask_dir / f"{image.stem}{subset.mask_ext}"
-        if mask.is_file():
+        if not mask.is_symlink() and not mask.exists():
+            missing.append(image)
+            continue
+        reason = skip_reason(image, source) or skip_reason(mask, source)
+        if reason is None:
             pairs.append((image, mask))
         else:
-            missing.append(image)
-    return pairs, missing
+            skipped.setdefault(reason, []).append(image)
+    return pairs, missing, skipped
 
 
 def num_shards_for(pairs: list[tuple[Path, Path]], max_shard_size_mb: int) -> int:
@@ -158,7 +192,7 @@ def write_subset(
 ) -> int:
     """Writes `<output_dir>/<subset>/<split>-XXXXX-of-YYYYY.parquet`; returns the number of bytes of the files."""
     folder = output_dir / subset.name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True)
     num_bytes = 0
     for shard in range(num_shards):
         # Contiguous shards of nearly equal length, as `Dataset.shard(contiguous=True)` cuts them
@@ -211,6 +245,76 @@ def dataset_card(written: list[tuple[HQSegSubset, int, int]]) -> str:
     )
 
 
+def write_dataset(
+    args: PrepareArguments, subsets: list[HQSegSubset], root: Path, output_dir: Path
+) -> tuple[list[tuple[HQSegSubset, int, int]], list[str], Counter]:
+    """Writes the subsets found in `root` and README.md into `output_dir`; returns the written `(subset,
+    num_examples, num_bytes)`, the names of the subsets not found and the count of images not read, by reason."""
+    written, missing_subsets, skipped_total = [], [], Counter()
+    for subset in subsets:
+        if not (root / subset.image_dir).is_dir() or not (root / subset.mask_dir).is_dir():
+            if args.dataset_names is not None:
+                raise ValueError(
+                    f"Subset {subset.name}: {root / subset.image_dir} or {root / subset.mask_dir} is missing."
+                )
+            missing_subsets.append(subset.name)
+            logger.warning("Subset %s is not in %s (no %s): left out.", subset.name, root, subset.image_dir)
+            continue
+        pairs, missing, skipped = list_pairs(root, subset)
+        for image in missing:
+            logger.warning("Subset %s: %s has no %s mask: left out.", subset.name, image, subset.mask_ext)
+        for reason, images in sorted(skipped.items()):
+            skipped_total[reason] += len(images)
+            # Links leaving the source tree are named: their targets are files the user did not mean to publish
+            named = f": {', '.join(map(str, images))}" if reason == SKIP_OUTSIDE else ""
+            logger.warning(
+                "Subset %s: %d images skipped (%s, image or mask)%s", subset.name, len(images), reason, named
+            )
+        if not pairs:
+            raise ValueError(
+                f"Subset {subset.name}: no {subset.image_ext} image with a mask in {root / subset.image_dir}."
+            )
+        num_shards = num_shards_for(pairs, args.max_shard_size_mb)
+        num_bytes = write_subset(pairs, subset, output_dir, num_shards, args.row_group_size)
+        written.append((subset, len(pairs), num_bytes))
+        logger.info(
+            "Subset %s (%s): %d samples in %d shards, %d images without mask left out, %d skipped.",
+            subset.name,
+            subset.split,
+            len(pairs),
+            num_shards,
+            len(missing),
+            sum(len(images) for images in skipped.values()),
+        )
+    if not written:
+        raise ValueError(f"No HQSeg-44K subset found in {root}; expected folders such as {subsets[0].image_dir}.")
+    (output_dir / "README.md").write_text(dataset_card(written))
+    return written, missing_subsets, skipped_total
+
+
+def swap_in(staging: Path, output_dir: Path, subset_names: list[str]) -> None:
+    """Moves the subset folders and README.md written in `staging` into `output_dir`. A subset folder they replace
+    is moved into `staging` (deleted with it) after its files other than parquet shards of this script are moved
+    into the new folder."""
+    blocked = [str(output_dir / name) for name in subset_names if (output_dir / name).is_file()]
+    if blocked:
+        raise NotADirectoryError(
+            f"Files are in the way of subset folders: {blocked}; the new dataset is in {staging}."
+        )
+    for name in subset_names:
+        new, old = staging / name, output_dir / name
+        if not old.exists():
+            new.rename(old)
+            continue
+        replaced = staging / f"{name}.replaced"
+        old.rename(replaced)
+        new.rename(old)
+        for path in replaced.iterdir():
+            if not SHARD_PATTERN.fullmatch(path.name):
+                path.rename(old / path.name)
+    os.replace(staging / "README.md", output_dir / "README.md")
+
+
 def prepare(args: PrepareArguments) -> Path:
     """Writes the dataset described by `args` and returns its folder."""
     output_dir = Path(args.output_dir)
@@ -230,45 +334,27 @@ def prepare(args: PrepareArguments) -> Path:
     archives = list(dict.fromkeys(subset.archive for subset in subsets))
     root = fetch_tree(args.source, archives, unpack_dir, revision=args.revision)
 
-    written, missing_subsets = [], []
-    for subset in subsets:
-        if not (root / subset.image_dir).is_dir() or not (root / subset.mask_dir).is_dir():
-            if args.dataset_names is not None:
-                raise ValueError(
-                    f"Subset {subset.name}: {root / subset.image_dir} or {root / subset.mask_dir} is missing."
-                )
-            missing_subsets.append(subset.name)
-            logger.warning("Subset %s is not in %s (no %s): left out.", subset.name, root, subset.image_dir)
-            continue
-        pairs, missing = list_pairs(root, subset)
-        for image in missing:
-            logger.warning("Subset %s: %s has no %s mask: left out.", subset.name, image, subset.mask_ext)
-        if not pairs:
-            raise ValueError(
-                f"Subset {subset.name}: no {subset.image_ext} image with a mask in {root / subset.image_dir}."
-            )
-        if args.overwrite_output_dir:
-            shutil.rmtree(output_dir / subset.name, ignore_errors=True)
-        num_shards = num_shards_for(pairs, args.max_shard_size_mb)
-        num_bytes = write_subset(pairs, subset, output_dir, num_shards, args.row_group_size)
-        written.append((subset, len(pairs), num_bytes))
-        logger.info(
-            "Subset %s (%s): %d samples in %d shards, %d images without mask left out.",
-            subset.name,
-            subset.split,
-            len(pairs),
-            num_shards,
-            len(missing),
-        )
-    if not written:
-        raise ValueError(f"No HQSeg-44K subset found in {root}; expected folders such as {subsets[0].image_dir}.")
-    (output_dir / "README.md").write_text(dataset_card(written))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".prepare-"))
+    try:
+        written, missing_subsets, skipped = write_dataset(args, subsets, root, staging)
+    except BaseException:
+        # Holds only what this call wrote; the previous dataset is untouched
+        shutil.rmtree(staging)
+        raise
+    # A failure while swapping leaves `staging` (and any subset folder it replaced) in place
+    swap_in(staging, output_dir, [subset.name for subset, _, _ in written])
+    # Now holds only the replaced parquet shards
+    shutil.rmtree(staging)
     logger.info(
-        "Wrote %d subsets, %d samples to %s%s",
+        "Wrote %d subsets, %d samples to %s%s%s",
         len(written),
         sum(count for _, count, _ in written),
         output_dir,
         f" (not found: {', '.join(missing_subsets)})" if missing_subsets else "",
+        f"; images not read: {', '.join(f'{reason}={count}' for reason, count in sorted(skipped.items()))}"
+        if skipped
+        else "",
     )
 
     if args.push_to_hub:
