@@ -15,19 +15,11 @@ import sys
 
 import numpy as np
 import torch
-from segment import (
-    default_device,
-    draw_label,
-    draw_masks,
-    load_image,
-    load_model_and_processor,
-    palette,
-    png_path,
-    save_png,
-)
 from transformers import pipeline
 
 from stable_sam_hf import StableSamModel
+from stable_sam_hf.inference import default_device, load_image, load_model_and_processor
+from stable_sam_hf.visualization import draw_label, draw_masks, palette, png_path, save_png
 
 
 def collect_routing(model: StableSamModel) -> tuple[list[torch.Tensor], list]:

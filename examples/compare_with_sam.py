@@ -21,22 +21,11 @@ from pathlib import Path
 import PIL.Image
 import torch
 from PIL import ImageDraw
-from segment import (
-    BOX_COLOR,
-    REFERENCE_BOX_COLOR,
-    check_box,
-    default_device,
-    font,
-    load_image,
-    load_model_and_processor,
-    png_path,
-    predict,
-    render_overlay,
-    save_png,
-)
 
+from stable_sam_hf.inference import check_box, default_device, load_image, load_model_and_processor, predict
 from stable_sam_hf.metrics import pairwise_mask_iou, stability
 from stable_sam_hf.prompts import noisy_boxes
+from stable_sam_hf.visualization import BOX_COLOR, REFERENCE_BOX_COLOR, font, png_path, render_overlay, save_png
 
 
 SAM_COLOR, STABLE_SAM_COLOR = (30, 144, 255), (236, 64, 122)

@@ -1,12 +1,13 @@
-"""The offline demo: train Stable-SAM's plugins and the baselines on a frozen toy SAM, evaluate them under poor prompts.
+"""The offline demo: train Stable-SAM's plugins on a frozen toy SAM and compare them with it under poor prompts.
 
     python examples/quickstart.py                      # offline, the toy SAM shipped in models/toy-sam-128
+    python examples/quickstart.py --methods stable lora adapter decoder   # and the baselines, same budget each
     # The real recipe and the paper's evaluation (every object, 20 prompts each), where the Hub and a GPU are available
     python examples/quickstart.py --base_model facebook/sam-vit-base --dataset data/hqseg44k \\
         --max_train_steps 1385 --total_batch_size 32 --max_objects_per_dataset 0 --num_prompts 20
 
 Steps, each through the project's own scripts so the demo exercises the real paths:
-1. data: synthetic scenes (`stable_sam_hf.synthetic`) written in HQSeg-44K's folder layout and turned into a streamed
+1. data: synthetic scenes (`stable_sam_toy.synthetic`) written in HQSeg-44K's folder layout and turned into a streamed
    parquet dataset by `training/prepare_hqseg44k.py` (skipped when `--dataset` is given). Like HQSeg-44K, each scene
    annotates one object (`--scene_config`; the toy base was trained on scenes with every object labelled, as SAM was
    on SA-1B). Training scenes go where DIS5K-TR would be; held-out scenes of the training domain where DIS5K-VD
@@ -35,13 +36,14 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, HfArgumentParser
 
+from stable_sam_toy.worlds import COCO_LIKE_START, HELD_OUT_START, HQ_LIKE_SCENES, TOY_BASE, TRAIN_START
+
 
 if TYPE_CHECKING:
-    from stable_sam_hf.synthetic import SceneConfig
+    from stable_sam_toy.synthetic import SceneConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY_BASE = ROOT / "models" / "toy-sam-128"
 # Where the synthetic splits stand in the HQSeg-44K layout, and the names the demo table gives them
 SYNTHETIC_SUBSETS = {
     "train": ("DIS5K/DIS-TR/im", "DIS5K/DIS-TR/gt"),
@@ -55,20 +57,6 @@ DATASET_LABELS = {"DIS5K-VD": "held-out scenes", "COIFT": "shifted domain", "HRS
 REAL_DATASET_LABELS = {"average": "average over the validation subsets"}
 # The COCO-like scenes again, as a COCO instance set (images/ + instances.json) for evaluate_model.py's COCO protocol
 COCO_LIKE_FOLDER = "coco-like"
-COCO_LIKE_START = 30_000
-# The demo's world (SceneConfig knobs): HQSeg-like scenes, one large labelled object and up to two smaller unlabelled
-# ones, as HQSeg-44K and the paper's HQ benchmarks annotate one foreground object per image. The toy base was trained
-# the way SAM was, on SA-1B-like scenes where every object is labelled (`--scene_config salient_min_radius=0
-# salient_max_radius=0` gives those back; docs/toy-demo.md, "Why the world decides the gain", measures the worlds in
-# between).
-HQ_LIKE_SCENES = (
-    "salient_min_radius=0.2",
-    "salient_max_radius=0.3",
-    "min_objects=1",
-    "max_objects=3",
-    "min_radius=0.08",
-    "max_radius=0.16",
-)
 # Adam rates: the paper's 1e-3 for plugins and adapters, 1e-4 where SAM's whole mask decoder trains
 METHOD_LEARNING_RATES = {
     "stable": 1e-3,
@@ -94,10 +82,10 @@ class QuickstartArguments:
         default=None, metadata={"help": "Prepared dataset (folder or Hub id); default: synthetic scenes made here."}
     )
     methods: list[str] = field(
-        default_factory=lambda: ["stable", "lora", "adapter", "decoder"],
+        default_factory=lambda: ["stable"],
         metadata={
-            "help": "Methods to train (stable, lora, adapter, decoder, stable_decoder, stable_spatial, heads, hq), "
-            "same budget each."
+            "help": "Methods to train, same budget each, each compared with the frozen base: stable, lora, adapter, "
+            "decoder, stable_decoder, stable_spatial, heads, hq (default: stable)."
         },
     )
     output_size: int | None = field(
@@ -188,15 +176,15 @@ def child_env(args: QuickstartArguments) -> dict:
 
 
 def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", output_dir: Path) -> Path:
-    from stable_sam_hf.synthetic import SceneConfig, write_coco_scenes, write_scene_tree
+    from stable_sam_toy.synthetic import SceneConfig, write_coco_scenes, write_scene_tree
 
     raw = output_dir / "scenes"
     shutil.rmtree(raw, ignore_errors=True)
-    # Scenes the toy base never saw: its training used scene indices below 10,000
+    # Scenes the toy base never saw: its training used scene indices below TRAIN_START
     plan = {
-        "train": ("train", 10_000, args.num_train_scenes, config),
-        "held-out": ("train", 20_000, args.num_eval_scenes, config),
-        "shifted": ("shifted", 20_000, args.num_eval_scenes, config),
+        "train": ("train", TRAIN_START, args.num_train_scenes, config),
+        "held-out": ("train", HELD_OUT_START, args.num_eval_scenes, config),
+        "shifted": ("shifted", HELD_OUT_START, args.num_eval_scenes, config),
         # The base's own world, every object labelled, whatever `--scene_config` says
         "coco-like": ("train", COCO_LIKE_START, args.num_coco_like_scenes, SceneConfig()),
     }
@@ -302,10 +290,12 @@ def held_out_example(args: QuickstartArguments, config: "SceneConfig", output_di
 
     from stable_sam_hf.data import BadSampleError, decode_sample, hqseg_subsets, load_segmentation_subsets
     from stable_sam_hf.prompts import masks_to_boxes
-    from stable_sam_hf.synthetic import generate_scene
+    from stable_sam_toy.synthetic import generate_scene
 
     if args.dataset is None:
-        image, masks = generate_scene(20_000, size=args.output_size, domain="train", seed=args.seed, config=config)
+        image, masks = generate_scene(
+            HELD_OUT_START, size=args.output_size, domain="train", seed=args.seed, config=config
+        )
         mask = torch.from_numpy(masks[int(masks.reshape(len(masks), -1).sum(1).argmax())])
     else:
         subsets = load_segmentation_subsets(args.dataset, "validation")
@@ -402,7 +392,7 @@ def summary_table(eval_dir: Path, trainable: dict[str, int], labels: dict[str, s
 
 def main(argv=None):
     (args,) = HfArgumentParser(QuickstartArguments, description=__doc__).parse_args_into_dataclasses(args=argv)
-    from stable_sam_hf.synthetic import SceneConfig
+    from stable_sam_toy.synthetic import SceneConfig
 
     config = SceneConfig.from_strings(args.scene_config)  # a bad knob fails here, before any work
     if args.output_size is None:

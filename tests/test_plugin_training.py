@@ -2,22 +2,20 @@
 
 Only the DSP + DRP plugins train (Adam at Stable-SAM's 1e-3, the DSP projection at 1e-4, a prompt mix weighted to
 noisy boxes and single points) on cached image embeddings of synthetic training scenes, through
-`examples/toy_headroom.py`'s loop. Held-out scenes of the same domain then show a lower loss and a higher noisy-box
+`stable_sam_toy.headroom`'s loop (`toy/toy_headroom.py`). Held-out scenes of the same domain then show a lower loss and a higher noisy-box
 mIoU than the frozen toy base (the same model at `routing_weight=0`, which is SAM exactly), and DRP gives fewer points
 more deformable sampling (Table 7's trend).
 """
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from stable_sam_hf.metrics import bootstrap_interval
+from stable_sam_toy import headroom as toy_headroom
+from stable_sam_toy.synthetic import generate_scenes
 
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCENES, HELD_OUT_SCENES = 240, 60
 STEPS = 240
 PROMPT_MIX = ("noisy_box", "points_1", "box", "noisy_box", "points_3", "noisy_box", "points_10", "points_1")
@@ -29,15 +27,11 @@ PROJECTION_LR_SCALE = 0.1
 
 @pytest.fixture(scope="module")
 def headroom():
-    sys.path.insert(0, str(ROOT / "examples"))
-    import toy_headroom
-
     return toy_headroom
 
 
 @pytest.fixture(scope="module")
 def setup(headroom):
-    from stable_sam_hf.synthetic import generate_scenes
 
     torch.manual_seed(0)
     model = headroom.load_trainable("stable", str(headroom.TOY_BASE))
@@ -200,7 +194,7 @@ def test_object_features_mark_each_object_with_its_own_direction(headroom):
 
 
 def test_object_probe_learns_to_separate_objects_that_the_raw_features_mix(headroom):
-    from stable_sam_hf.methods import segment_separation
+    from stable_sam_toy.losses import segment_separation
 
     # Two objects per scene on a 4 x 4 grid: their features share a strong common part (raw cosine says "same"), and
     # differ only in two weak channels, one per object, that a 1x1 probe can pick out
@@ -245,7 +239,7 @@ def test_base_only_run_reports_the_base_and_its_object_separation(headroom, tmp_
 
 
 def test_segment_separation_counts_cells_nearer_their_own_segment():
-    from stable_sam_hf.methods import segment_separation
+    from stable_sam_toy.losses import segment_separation
 
     labels = torch.zeros(1, 16, 16, dtype=torch.uint8)
     labels[0, :, 8:] = 1  # a 4 x 4 grid: two columns of background, two of object 1
@@ -284,7 +278,6 @@ def test_boundary_share_separates_compact_from_thin_objects(headroom):
 
 
 def test_box_share_inside_counts_the_pixels_that_noisy_box_ambiguity_counts(headroom):
-    from stable_sam_hf.synthetic import generate_scenes
 
     _, labels = generate_scenes(6, size=64, domain="train", seed=3)
     labels = torch.from_numpy(labels)

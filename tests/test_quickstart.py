@@ -24,12 +24,11 @@ def quickstart_run(tmp_path_factory):
     import quickstart
 
     output_dir = tmp_path_factory.mktemp("quickstart")
+    # The default methods: Stable-SAM only, compared with the frozen base
     quickstart.main(
         [
             "--output_dir",
             str(output_dir),
-            "--methods",
-            "stable",
             "--num_train_scenes",
             "80",
             "--num_eval_scenes",
@@ -51,6 +50,12 @@ def test_toy_base_is_shipped_with_its_card():
     assert (TOY_BASE / "config.json").is_file() and (TOY_BASE / "model.safetensors").is_file()
     assert (TOY_BASE / "model.safetensors").stat().st_size < 10 * 2**20
     assert "not SAM" in (TOY_BASE / "README.md").read_text()
+
+
+def test_quickstart_trains_stable_sam_only_by_default(quickstart_run):
+    assert sorted(path.name for path in (quickstart_run / "runs").iterdir()) == ["stable"]
+    with (quickstart_run / "eval" / "results.csv").open() as stream:
+        assert {row["model"] for row in csv.DictReader(stream)} == {"base", "stable"}
 
 
 def test_quickstart_reports_every_cell(quickstart_run):

@@ -1,8 +1,6 @@
 """The toy base's multimask outputs: their training script, and the mask-generation pipeline on the shipped toy."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,29 +8,25 @@ import torch
 from transformers import SamModel
 
 from stable_sam_hf.prompts import masks_to_boxes, sample_points
-from stable_sam_hf.synthetic import generate_scenes
+from stable_sam_toy import automatic_masks, train_multimask
+from stable_sam_toy.synthetic import generate_scenes
+from stable_sam_toy.train_base import to_pixel_values
 
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_BASE = ROOT / "models" / "toy-sam-128"
-SCRIPT = ROOT / "training" / "train_toy_multimask.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_toy_multimask", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_multimask
 
 
 def _prompts(num_scenes: int = 4, seed: int = 5) -> tuple[torch.Tensor, dict]:
     """Pixel values of a few held-out scenes and, per prompt kind, one prompt for each scene's first object."""
     images, labels = generate_scenes(num_scenes, size=128, seed=seed)
     masks = torch.from_numpy(labels) == 1
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    pixel_values = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    pixel_values = to_pixel_values(images)
     generator = torch.Generator().manual_seed(0)
     prompts = {"box": {"input_boxes": masks_to_boxes(masks)[:, None]}}
     for count in (1, 3):
@@ -140,11 +134,8 @@ class TestMultimaskTraining:
 
 
 def test_mask_generation_pipeline_finds_objects_with_the_shipped_toy(capsys):
-    sys.path.insert(0, str(ROOT / "examples"))
-    import toy_automatic_masks
-
     argv = ["--models", f"toy=sam:{TOY_BASE}", "--num_scenes", "3", "--pred_iou_thresh", "0.5"]
-    results = toy_automatic_masks.main([*argv, "--stability_score_thresh", "0.8"])["toy"]
+    results = automatic_masks.main([*argv, "--stability_score_thresh", "0.8"])["toy"]
     # Before its multimask outputs were trained, the toy's three masks per point were noise scored about 0.01: the
     # pipeline kept none
     assert results["masks_per_image"] >= 1

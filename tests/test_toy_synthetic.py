@@ -1,6 +1,4 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +7,10 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import SamModel
 
-from stable_sam_hf import synthetic
-from stable_sam_hf.synthetic import (
+from stable_sam_hf import StableSamImageProcessor
+from stable_sam_hf.methods import pixel_statistics, segmentation_loss
+from stable_sam_toy import synthetic, train_base
+from stable_sam_toy.synthetic import (
     DOMAINS,
     SceneConfig,
     generate_scene,
@@ -20,16 +20,6 @@ from stable_sam_hf.synthetic import (
     write_coco_scenes,
     write_scene_tree,
 )
-
-
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "train_toy_base.py"
-
-
-def _load_train_script():
-    spec = importlib.util.spec_from_file_location("train_toy_base", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class TestSceneGenerator:
@@ -292,7 +282,7 @@ def _tiny_args(module, output_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def script():
-    return _load_train_script()
+    return train_base
 
 
 @pytest.fixture(autouse=True)
@@ -320,11 +310,35 @@ class TestTrainToyBase:
         masks[0, 2:5, 2:5] = True
         masks[1, 0, :] = True
         perfect = torch.where(masks, 20.0, -20.0)
-        loss, iou = script.segmentation_loss(perfect, torch.ones(2), masks, 1.0)
+        loss, iou = script.mask_and_iou_loss(perfect, torch.ones(2), masks, 1.0)
         torch.testing.assert_close(iou, torch.ones(2))
         assert (loss < 0.1).all()
-        wrong, wrong_iou = script.segmentation_loss(-perfect, torch.ones(2), masks, 1.0)
+        wrong, wrong_iou = script.mask_and_iou_loss(-perfect, torch.ones(2), masks, 1.0)
         assert (wrong_iou == 0).all() and (wrong > 2).all()
+
+    def test_mask_loss_is_the_training_recipes_segmentation_loss(self, script):
+        generator = torch.Generator().manual_seed(0)
+        logits = torch.randn(3, 16, 16, generator=generator)
+        masks = torch.rand(3, 16, 16, generator=generator) > 0.5
+        per_mask, _ = script.mask_and_iou_loss(logits, torch.zeros(3), masks, iou_loss_weight=0.0)
+        one_by_one = torch.stack([segmentation_loss(logits[i : i + 1], masks[i : i + 1]) for i in range(3)])
+        torch.testing.assert_close(per_mask, one_by_one)
+        torch.testing.assert_close(segmentation_loss(logits, masks, reduction="none"), one_by_one)
+        torch.testing.assert_close(segmentation_loss(logits, masks), one_by_one.mean())
+        with pytest.raises(ValueError, match="`reduction`"):
+            segmentation_loss(logits, masks, reduction="sum")
+
+    def test_pixel_values_are_the_image_processors(self, script):
+        images, _ = generate_scenes(2, size=32, seed=1)
+        processor = StableSamImageProcessor(
+            size={"longest_edge": 32}, pad_size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3]
+        )
+        expected = processor(images=list(images), return_tensors="pt")["pixel_values"]
+        mean, std = pixel_statistics(processor)
+        torch.testing.assert_close((torch.from_numpy(images).permute(0, 3, 1, 2) - mean) / std, expected)
+        default = StableSamImageProcessor(size={"longest_edge": 32}, pad_size={"height": 32, "width": 32})
+        expected = default(images=list(images), return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(script.to_pixel_values(images), expected)
 
     def test_two_steps_write_loadable_checkpoints(self, script, tmp_path):
         result = script.main(_tiny_args(script, tmp_path))

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import SamHQConfig, SamHQModel, SamModel
 
+from .image_processing_stable_sam import StableSamImageProcessor
 from .modeling_stable_sam import StableSamModel, is_plugin_parameter
 
 
@@ -81,8 +82,17 @@ def add_parallel_adapters(model: SamModel, bottleneck: int = ADAPTER_BOTTLENECK,
 
 # Prompt kinds of a collated batch (`collate_prompts`): boxes (GT or noisy), points, coarse masks
 PROMPT_KIND_BOX, PROMPT_KIND_POINTS, PROMPT_KIND_MASK = 0, 1, 2
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def pixel_statistics(image_processor: StableSamImageProcessor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image processor's pixel mean and std as `(1, 3, 1, 1)` tensors on the uint8 scale (`image_mean /
+    rescale_factor`), so that `(images - mean) / std` normalises uint8 `(batch_size, 3, H, W)` images as the processor
+    does; a default `StableSamImageProcessor` (SAM's statistics) when none is given."""
+    image_processor = image_processor if image_processor is not None else StableSamImageProcessor()
+    scale = 1 / image_processor.rescale_factor
+    mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * scale
+    std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, 3, 1, 1) * scale
+    return mean, std
 
 
 def collate_prompts(
@@ -143,8 +153,9 @@ class PromptedSegmenter(nn.Module):
         self.method = method
         self.model = model
         self.encoder_trainable = encoder_trainable
-        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        pixel_mean, pixel_std = pixel_statistics()
+        self.register_buffer("pixel_mean", pixel_mean, persistent=False)
+        self.register_buffer("pixel_std", pixel_std, persistent=False)
 
     @property
     def sam(self) -> nn.Module:
@@ -218,81 +229,20 @@ class PromptedSegmenter(nn.Module):
         return logits
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """BCE + dice of low-res logits `(batch_size, h, w)` upsampled to bool `masks` `(batch_size, H, W)`."""
-    logits = F.interpolate(logits[:, None].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    target = masks.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """BCE + dice of logits `(batch_size, h, w)` upsampled (when smaller) to bool `masks` `(batch_size, H, W)`: the
+    mean over the batch, or with `reduction="none"` one loss per mask `(batch_size,)`."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"`reduction` must be 'mean' or 'none', got {reduction!r}.")
+    logits = logits.float()
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = F.interpolate(logits[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    target = masks.float().flatten(1)
+    bce = F.binary_cross_entropy_with_logits(logits.flatten(1), target, reduction="none").mean(1)
     probs = logits.sigmoid().flatten(1)
-    target = target.flatten(1)
     dice = 1 - (2 * (probs * target).sum(-1) + 1) / (probs.sum(-1) + target.sum(-1) + 1)
-    return bce + dice.mean()
-
-
-def _cell_segments(features: torch.Tensor, labels: torch.Tensor, min_share: float):
-    """Per-cell unit features `(B, N, D)`, one-hot segment assignment `(B, N, K)` (zero rows for cells no segment
-    owns), the validity `(B, N)` and the segments' sums of unit features `(B, K, D)` (zero where absent)."""
-    g = features.shape[-1]
-    if features.ndim != 4 or labels.ndim != 3 or labels.shape[-1] % g or labels.shape[-2] % features.shape[-2]:
-        raise ValueError(
-            f"`features` must be (B, D, g, g) and `labels` (B, H, W) with H and W multiples of g, got "
-            f"{tuple(features.shape)} and {tuple(labels.shape)}."
-        )
-    num_ids = int(labels.max()) + 1
-    one_hot = F.one_hot(labels.long(), num_ids).permute(0, 3, 1, 2).float()  # B x K x H x W
-    share, owner = F.adaptive_avg_pool2d(one_hot, features.shape[-2:]).flatten(2).max(1)  # B x N each
-    valid = (share >= min_share).float()
-    cells = F.normalize(features.flatten(2).transpose(1, 2).float(), dim=-1)  # B x N x D
-    assign = F.one_hot(owner, num_ids).float() * valid[..., None]  # B x N x K
-    return cells, assign, valid, assign.transpose(1, 2) @ cells
-
-
-def instance_loss(features: torch.Tensor, labels: torch.Tensor, min_share: float = 0.5) -> torch.Tensor:
-    """Pull-push loss that makes per-cell image features tell a scene's segments (objects and background) apart.
-
-    Each feature cell belongs to the segment that covers at least `min_share` of its pixels (cells without one, such
-    as most cells of a thin wire, are left out). Cells are pulled to their segment's mean direction (1 - cosine) and
-    the mean directions of a scene's segments are pushed apart (squared positive cosine), so 0 means every segment
-    has its own direction, orthogonal to the others.
-
-    Args:
-        features (`torch.Tensor` of shape `(B, D, g, g)`): per-cell features (any scale; they are L2-normalised).
-        labels (`torch.Tensor` of shape `(B, H, W)`): label maps, 0 background and 1..n objects; H, W multiples of g.
-        min_share (`float`): share of a cell's pixels its segment must cover.
-
-    Returns:
-        `torch.Tensor`: the scalar loss, pull + push, each a mean over its cells or segment pairs.
-    """
-    cells, assign, valid, sums = _cell_segments(features, labels, min_share)
-    centres = F.normalize(sums, dim=-1)  # B x K x D: unit mean directions
-    pull = ((1 - (cells * (assign @ centres)).sum(-1)) * valid).sum() / valid.sum().clamp(min=1)
-    present = assign.sum(1) > 0  # B x K
-    pairs = (
-        present[:, :, None]
-        & present[:, None, :]
-        & ~torch.eye(present.shape[1], dtype=torch.bool, device=present.device)
-    )
-    similarity = centres @ centres.transpose(1, 2)  # B x K x K
-    push = (F.relu(similarity) ** 2 * pairs).sum() / pairs.sum().clamp(min=1)
-    return pull + push
-
-
-def segment_separation(features: torch.Tensor, labels: torch.Tensor, min_share: float = 0.5) -> float:
-    """Share (0-1) of owned feature cells whose nearest segment mean (cosine, same scene, the cell itself excluded
-    from its own segment's mean) is their own segment's; arguments as `instance_loss`. Cells of one-cell segments,
-    which have no mean without them, are left out."""
-    cells, assign, valid, sums = _cell_segments(features, labels, min_share)
-    dots = cells @ sums.transpose(1, 2)  # B x N x K
-    norms_squared = (sums * sums).sum(-1)[:, None].expand_as(dots)  # B x N x K
-    # The own segment's sum without the cell: dot - 1 and |sum - cell|^2 = |sum|^2 - 2 dot + 1 (unit cells)
-    own = assign.bool()
-    dots = torch.where(own, dots - 1, dots)
-    norms_squared = torch.where(own, norms_squared - 2 * (dots + 1) + 1, norms_squared)
-    counts = assign.sum(1)[:, None].expand_as(dots) - assign  # cells in each segment's mean for this cell
-    similarity = (dots / norms_squared.clamp(min=1e-12).sqrt()).masked_fill(counts == 0, -2.0)
-    counted = valid.bool() & ((counts * assign).sum(-1) > 0)
-    correct = similarity.argmax(-1) == assign.argmax(-1)
-    return (correct & counted).sum().item() / max(int(counted.sum()), 1)
+    losses = bce + dice
+    return losses.mean() if reduction == "mean" else losses
 
 
 # The DSP projection starts as the identity; see `optimizer_parameter_groups`
@@ -415,7 +365,6 @@ __all__ = [
     "add_parallel_adapters",
     "build_segmenter",
     "collate_prompts",
-    "instance_loss",
-    "segment_separation",
+    "pixel_statistics",
     "segmentation_loss",
 ]

@@ -1,7 +1,7 @@
 """How well transformers' "mask-generation" pipeline finds the objects of held-out synthetic scenes, per model.
 
-    python examples/toy_automatic_masks.py
-    python examples/toy_automatic_masks.py --models base=sam:models/toy-sam-128 stable=outputs/quickstart/runs/stable \
+    python toy/toy_automatic_masks.py
+    python toy/toy_automatic_masks.py --models base=sam:models/toy-sam-128 stable=outputs/quickstart/runs/stable \
         decoder=outputs/quickstart/runs/decoder --world hq --num_scenes 24
 
 For every model and scene the pipeline runs with a grid of `--points_per_side`^2 single-point prompts, SAM's three
@@ -17,27 +17,23 @@ labelled object and up to two unlabelled ones, so there precision counts masks o
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-from segment import default_image_processor
 from transformers import pipeline
 
 from stable_sam_hf.evaluation import load_model, parse_model_spec
-from stable_sam_hf.synthetic import SceneConfig, generate_scene
+from stable_sam_hf.inference import default_image_processor
 
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-from quickstart import COCO_LIKE_START, HQ_LIKE_SCENES  # noqa: E402
+from .synthetic import SceneConfig, generate_scene
+from .worlds import COCO_LIKE_START, HELD_OUT_START, HQ_LIKE_SCENES, TOY_BASE
 
 
 # Held-out scene indices of each world: the quickstart's held-out HQSeg-like scenes and its COCO-like ones (the toy
 # base trained on indices below 10,000)
-WORLDS = {"sa1b": (COCO_LIKE_START, ()), "hq": (20_000, HQ_LIKE_SCENES)}
+WORLDS = {"sa1b": (COCO_LIKE_START, ()), "hq": (HELD_OUT_START, HQ_LIKE_SCENES)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=[f"base=sam:{ROOT / 'models' / 'toy-sam-128'}"],
+        default=[f"base=sam:{TOY_BASE}"],
         help="NAME=METHOD:PATH as in training/evaluate_model.py: sam=sam:models/toy-sam-128, a Stable-SAM checkpoint "
         "or run folder, or any run folder of training/train.py (lora, adapter, decoder, ...).",
     )
@@ -153,7 +149,3 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
     return results
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

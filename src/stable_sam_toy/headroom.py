@@ -13,14 +13,14 @@ offsets move. `--scene_config` changes the scenes (training and held-out alike) 
 world; `--object_features` adds a mark of each object to the image features (an oracle the decoder first learns to read
 in `--base_decoder_steps` of clean-prompt training) to ask how they depend on the features.
 
-    python examples/toy_headroom.py                       # 12.5 minutes on 2 CPU cores
-    python examples/toy_headroom.py --methods stable decoder full   # and the whole model
-    python examples/toy_headroom.py --max_train_steps 1600 --projection_lr_scales 0.1   # the paper's budget
-    python examples/toy_headroom.py --projection_lr_scales 0.1 --methods stable --plugin_layers 0 1 --offset_range 4
-    python examples/toy_headroom.py --projection_lr_scales 0.1 --scene_config p_similar_colour=0 p_two_tone=0
-    python examples/toy_headroom.py --projection_lr_scales 0.1 --scene_config salient_min_radius=0.2 \
+    python toy/toy_headroom.py                       # 12.5 minutes on 2 CPU cores
+    python toy/toy_headroom.py --methods stable decoder full   # and the whole model
+    python toy/toy_headroom.py --max_train_steps 1600 --projection_lr_scales 0.1   # the paper's budget
+    python toy/toy_headroom.py --projection_lr_scales 0.1 --methods stable --plugin_layers 0 1 --offset_range 4
+    python toy/toy_headroom.py --projection_lr_scales 0.1 --scene_config p_similar_colour=0 p_two_tone=0
+    python toy/toy_headroom.py --projection_lr_scales 0.1 --scene_config salient_min_radius=0.2 \
         salient_max_radius=0.3 min_objects=1 max_objects=3 min_radius=0.08 max_radius=0.16   # the quickstart's world
-    python examples/toy_headroom.py --projection_lr_scales 0.1 --base_decoder_steps 3000 --base_decoder_lr 3e-4 \
+    python toy/toy_headroom.py --projection_lr_scales 0.1 --base_decoder_steps 3000 --base_decoder_lr 3e-4 \
         --object_features 1      # features that mark each object; without --object_features: the control
 
 `tests/test_plugin_training.py` runs the same loop on a reduced budget.
@@ -28,7 +28,6 @@ in `--base_decoder_steps` of clean-prompt training) to ask how they depend on th
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,22 +38,16 @@ from transformers import HfArgumentParser, SamModel
 from transformers.utils import logging as transformers_logging
 
 from stable_sam_hf import StableSamModel
-from stable_sam_hf.methods import (
-    PREDICTION_HEAD_PREFIXES,
-    SAM_PIXEL_MEAN,
-    SAM_PIXEL_STD,
-    instance_loss,
-    optimizer_parameter_groups,
-    segment_separation,
-    segmentation_loss,
-)
+from stable_sam_hf.methods import PREDICTION_HEAD_PREFIXES, optimizer_parameter_groups, segmentation_loss
 from stable_sam_hf.metrics import bootstrap_interval, mask_iou
 from stable_sam_hf.prompts import box_iou, masks_to_boxes, noisy_boxes, parse_prompt_type, sample_points
-from stable_sam_hf.synthetic import SceneConfig, generate_scenes
+
+from .losses import instance_loss, segment_separation
+from .synthetic import SceneConfig, generate_scenes
+from .train_base import to_pixel_values
+from .worlds import TOY_BASE
 
 
-ROOT = Path(__file__).resolve().parents[1]
-TOY_BASE = ROOT / "models" / "toy-sam-128"
 METHODS = ("stable", "heads", "decoder", "full", "base")
 METHOD_LEARNING_RATES = {"stable": 1e-3, "heads": 1e-3, "decoder": 1e-4, "full": 1e-4}  # as the quickstart
 ALPHA_PROMPT_TYPES = ("box", "noisy_box", "points_1", "points_3", "points_10")
@@ -175,10 +168,7 @@ class ToyHeadroomArguments:
 
 def pixel_values(images) -> torch.Tensor:
     """`(N, H, W, 3)` uint8 scenes as SAM's normalised `(N, 3, H, W)` pixel values."""
-    pixels = torch.as_tensor(images).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+    return to_pixel_values(images)
 
 
 def encode_scenes(model: SamModel, images, chunk_size: int = 64) -> torch.Tensor:
@@ -713,7 +703,3 @@ def main(argv=None) -> dict:
     (output_dir / "results.md").write_text(report)
     print(report)
     return results
-
-
-if __name__ == "__main__":
-    sys.exit(0 if main() else 1)

@@ -13,8 +13,8 @@ keeps it frozen (a buffer in SAM). `SamVisionConfig.initializer_range` defaults 
 
 Runs (`--resume` continues from the newest `checkpoint-<step>` in `output_dir`):
 
-    python training/train_toy_base.py --output_dir outputs/toy_base --max_train_steps 8000
-    python training/train_toy_base.py --output_dir outputs/toy_base --max_train_steps 8000 --resume
+    python toy/train_toy_base.py --output_dir outputs/toy_base --max_train_steps 8000
+    python toy/train_toy_base.py --output_dir outputs/toy_base --max_train_steps 8000 --resume
 
 The final model is written to `output_dir` with `save_pretrained` (safetensors; float16 tensors by default with a
 float32 config, so `SamModel.from_pretrained` loads float32), with a model card (`README.md`) and `eval_results.json`.
@@ -31,19 +31,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import HfArgumentParser, SamConfig, SamModel, get_cosine_schedule_with_warmup
+from transformers import SamConfig, SamModel, get_cosine_schedule_with_warmup
 
 import stable_sam_hf
-from stable_sam_hf.methods import instance_loss
+from stable_sam_hf.methods import pixel_statistics, segmentation_loss
 from stable_sam_hf.prompts import masks_to_boxes, noisy_boxes, sample_points
-from stable_sam_hf.synthetic import generate_scenes
+
+from .losses import instance_loss
+from .synthetic import generate_scenes
 
 
 logger = logging.getLogger(__name__)
 
-# SamImageProcessor's normalisation (ImageNet mean and std)
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
 TRAINING_STATE_NAME = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 PROMPT_KINDS = ("box", "points", "box_points")
@@ -306,11 +305,11 @@ class SceneBank:
         return cls(torch.from_numpy(images), labels, labels.flatten(1).amax(1).long())
 
 
-def to_pixel_values(images: torch.Tensor) -> torch.Tensor:
-    """`(B, H, W, 3)` uint8 images to SAM's normalised `(B, 3, H, W)` float pixel values."""
-    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std  # B x 3 x H x W
+def to_pixel_values(images) -> torch.Tensor:
+    """`(B, H, W, 3)` uint8 images (tensor or array) to SAM's normalised `(B, 3, H, W)` float pixel values, with the
+    image processor's statistics."""
+    mean, std = pixel_statistics()
+    return (torch.as_tensor(images).permute(0, 3, 1, 2).float() - mean) / std  # B x 3 x H x W
 
 
 def sample_batch(
@@ -403,10 +402,10 @@ def upsample_logits(pred_masks: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return logits.view(n, p, *size)
 
 
-def segmentation_loss(
+def mask_and_iou_loss(
     logits: torch.Tensor, iou_scores: torch.Tensor, masks: torch.Tensor, iou_loss_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mask BCE + dice + weighted IoU-head MSE.
+    """Per-mask BCE + dice (the training recipe's `segmentation_loss`) + weighted IoU-head MSE.
 
     Args:
         logits (`torch.Tensor` of shape `(N, H, W)`): mask logits at the masks' resolution.
@@ -417,18 +416,12 @@ def segmentation_loss(
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: the losses (`(N,)`) and the IoU of the thresholded predictions (`(N,)`).
     """
-    target = masks.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    probabilities = logits.sigmoid().flatten(1)
-    dice = 1 - (2 * (probabilities * target.flatten(1)).sum(1) + 1) / (
-        probabilities.sum(1) + target.flatten(1).sum(1) + 1
-    )
     with torch.no_grad():
         predicted = (logits > 0).flatten(1)
         truth = masks.flatten(1)
         iou = (predicted & truth).sum(1) / (predicted | truth).sum(1).clamp(min=1)
     iou_loss = (iou_scores - iou) ** 2
-    return bce + dice + iou_loss_weight * iou_loss, iou
+    return segmentation_loss(logits, masks, reduction="none") + iou_loss_weight * iou_loss, iou
 
 
 @torch.no_grad()
@@ -553,9 +546,9 @@ tags:
 
 # Toy SAM for the Stable-SAM offline demo (not SAM)
 
-A tiny `SamModel` trained from scratch on synthetic scenes by `training/train_toy_base.py` of stable-sam-hf. It
+A tiny `SamModel` trained from scratch on synthetic scenes by `toy/train_toy_base.py` of stable-sam-hf. It
 exists so that the Stable-SAM demo, tests and benchmarks run offline in minutes; it is **not** Segment Anything,
-has never seen a natural image, and is useless outside the synthetic scenes of `stable_sam_hf.synthetic`.
+has never seen a natural image, and is useless outside the synthetic scenes of `stable_sam_toy.synthetic`.
 
 ## What it is
 - Image encoder: a {args.vision_num_layers}-layer ViT, width {args.vision_hidden_size}, {args.vision_num_heads} heads,
@@ -568,7 +561,7 @@ has never seen a natural image, and is useless outside the synthetic scenes of `
 - The shared positional embedding holds SAM's random Fourier features with std 1 (transformers' initialisation
   uses `hidden_size // 2`, with which a SAM trained from scratch ignores its prompts).
 - Only the single-mask output is trained: call it with `multimask_output=False`. Inputs: RGB {args.image_size}x{args.image_size}
-  images normalised with mean {PIXEL_MEAN} and std {PIXEL_STD}; prompt coordinates in input pixels.
+  images normalised as `SamImageProcessor` does (ImageNet mean and std); prompt coordinates in input pixels.
 
 ## How it was trained
 {args.num_train_scenes} synthetic scenes of the `train` domain (seed {args.data_seed}; the generator of stable-sam-hf
@@ -626,7 +619,7 @@ def training_step(
         inputs = clean_prompt(masks[rows], kind, num_points, generator, args.box_jitter, args.box_jitter_max)
         outputs = model(image_embeddings=image_embeddings[rows], multimask_output=False, **inputs)
         logits = upsample_logits(outputs.pred_masks, size).flatten(0, 1)  # n*P x H x W
-        loss, iou = segmentation_loss(
+        loss, iou = mask_and_iou_loss(
             logits, outputs.iou_scores.flatten(), masks[rows].flatten(0, 1), args.iou_loss_weight
         )
         losses.append(loss)
@@ -823,9 +816,3 @@ def main(args: ToyBaseTrainingArguments) -> dict:
         "output_dir": str(output_dir),
         "num_parameters": num_parameters,
     }
-
-
-if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (parsed,) = HfArgumentParser(ToyBaseTrainingArguments).parse_args_into_dataclasses()
-    main(parsed)

@@ -16,25 +16,22 @@ reads is trained:
 So the single-mask masks and IoU predictions, and every figure measured on them, are unchanged to the bit; the script
 checks that before it writes the model.
 
-    python training/train_toy_multimask.py --base_model models/toy-sam-128 --output_dir outputs/toy_multimask
+    python toy/train_toy_multimask.py --base_model models/toy-sam-128 --output_dir outputs/toy_multimask
 """
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import HfArgumentParser, SamModel
+from transformers import SamModel
 
 from stable_sam_hf.prompts import masks_to_boxes, sample_points
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_toy_base import SceneBank, save_final_model, to_pixel_values, upsample_logits  # noqa: E402
+from .train_base import SceneBank, save_final_model, to_pixel_values, upsample_logits
 
 
 logger = logging.getLogger(__name__)
@@ -224,7 +221,7 @@ def card_section(args: MultimaskTrainingArguments, results: dict, seconds: float
     ]
     return f"""{MULTIMASK_CARD_HEADING}
 The three multimask outputs (what `pipeline("mask-generation")` and single clicks use) were trained afterwards by
-`training/train_toy_multimask.py`: {args.max_train_steps} Adam steps (lr {args.learning_rate}) of {args.batch_size}
+`toy/train_toy_multimask.py`: {args.max_train_steps} Adam steps (lr {args.learning_rate}) of {args.batch_size}
 objects of {args.num_train_scenes} training scenes (seed {args.data_seed}), one positive point each, the BCE + dice of
 the best of the three masks and the IoU-head MSE on all three (SAM's ambiguity-aware loss), on cached image
 embeddings ({seconds / 60:.1f} minutes on CPU). Only mask tokens 1-3's hypernetwork MLPs (each started as a copy of
@@ -337,9 +334,3 @@ def main(args: MultimaskTrainingArguments) -> dict:
     )
     logger.info("wrote %s in %.0f s", output_dir, time.perf_counter() - start)
     return {"before": before, "after": after}
-
-
-if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (parsed,) = HfArgumentParser(MultimaskTrainingArguments).parse_args_into_dataclasses()
-    main(parsed)
