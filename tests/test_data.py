@@ -25,9 +25,9 @@ from stable_sam_hf.data import (
     large_scale_jitter,
     load_segmentation_stream,
     load_segmentation_subsets,
-    mask_box,
     paste_occluder,
 )
+from stable_sam_hf.prompts import masks_to_boxes
 
 from fixtures import (
     FIXTURE_BAD_SAMPLES,
@@ -473,9 +473,9 @@ def occlusion_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
 
 def test_paste_occluder_centre_in_target_box_and_mask_updated():
     image, mask, occluder_image, occluder_mask = occlusion_inputs()
-    y0, x0, y1, x1 = mask_box(mask)
+    x0, y0, x1, y1 = masks_to_boxes(mask[None])[0].int().tolist()
     assert (y0, x0, y1, x1) == (10, 10, 40, 50)
-    oy0, ox0, oy1, ox1 = mask_box(occluder_mask)
+    ox0, oy0, ox1, oy1 = masks_to_boxes(occluder_mask[None])[0].int().tolist()
     centre = ((oy0 + oy1) // 2, (ox0 + ox1) // 2)
     shifts = set()
     for seed in range(20):

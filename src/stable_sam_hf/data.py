@@ -48,6 +48,8 @@ from datasets import Value as ValueFeature
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
+from .prompts import masks_to_boxes
+
 
 logger = logging.getLogger(__name__)
 
@@ -407,15 +409,6 @@ def _check_image_mask(image: torch.Tensor, mask: torch.Tensor) -> None:
 # Occlusion synthesis (Stable-SAM appendix, "Occlusion Image Synthesis")
 
 
-def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
-    """Inclusive bounding box `(y0, x0, y1, x1)` of a non-empty bool `(height, width)` mask."""
-    rows = torch.nonzero(mask.any(1)).flatten()
-    cols = torch.nonzero(mask.any(0)).flatten()
-    if rows.numel() == 0:
-        raise ValueError("`mask` must have at least one foreground pixel.")
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
 def _shift(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     # Translate the last two dims by (dy, dx), filling with zeros
     height, width = tensor.shape[-2:]
@@ -468,8 +461,8 @@ def paste_occluder(
         raise ValueError(
             f"`occluder_mask` must have the shape of `mask` {tuple(mask.shape)}, got {tuple(occluder_mask.shape)}."
         )
-    ty0, tx0, ty1, tx1 = mask_box(mask)
-    oy0, ox0, oy1, ox1 = mask_box(occluder_mask)
+    # Inclusive boxes `[x0, y0, x1, y1]` of the target and the occluder
+    (tx0, ty0, tx1, ty1), (ox0, oy0, ox1, oy1) = masks_to_boxes(torch.stack([mask, occluder_mask])).int().tolist()
     target_y = int(torch.randint(ty0, ty1 + 1, (), generator=generator))
     target_x = int(torch.randint(tx0, tx1 + 1, (), generator=generator))
     dy, dx = target_y - (oy0 + oy1) // 2, target_x - (ox0 + ox1) // 2
@@ -894,6 +887,5 @@ __all__ = [
     "jitter_mask",
     "large_scale_jitter",
     "load_segmentation_stream",
-    "mask_box",
     "paste_occluder",
 ]
