@@ -1,23 +1,32 @@
-"""Evaluate SAM, Stable-SAM and the baselines under poor prompts: mIoU, mBIoU and stability (ST) on the HQ validation
-sets, alpha_1 of Stable-SAM's router, a forced-alpha_1 sweep, and COCO mask AP with noisy boxes.
+"""A prompt-robustness benchmark for every SAM in transformers: SAM, HQ-SAM, SAM 2, Stable-SAM and any run of
+training/train.py, side by side under poor prompts and under simulated clicks.
 
     python training/evaluate_model.py --dataset data/hqseg44k --output_dir eval \\
-        --models sam=sam:facebook/sam-vit-base stable=runs/stable lora=lora:runs/lora
+        --models sam=sam:facebook/sam-vit-base hq=hq:syscv-community/sam-hq-vit-base \\
+        sam2=sam2:facebook/sam2.1-hiera-tiny stable=runs/stable --protocol prompts interactive sweep
     accelerate launch --multi_gpu --num_processes 4 training/evaluate_model.py ...   # objects split over GPUs
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 training/evaluate_model.py ...  # or over CPU processes
     python training/evaluate_model.py --models sam=sam:facebook/sam-vit-base stable=runs/stable --output_dir eval \\
         --coco_annotations coco/annotations/instances_val2017.json --coco_images coco/val2017
 
-Each object is prompted `--num_prompts` times per prompt type (the GT box once: it is the same every time); draw k of
-type t for object o of dataset d comes from a generator seeded by (seed, d, o, t, k), so every model sees the same
-prompts. Per-object results are appended to `<output_dir>/per_object.rank<N>.jsonl` as they are computed; a rerun with
-the same settings reuses them and computes only what is missing, so an interrupted run loses nothing. Then
-`results.csv`, `results.md` and PNG plots are written and the table is printed: every mIoU with a 95 % bootstrap
-interval (objects resampled within each dataset) and every model's mIoU difference to `--reference_model` (the first
-model by default) on the same objects and prompts, with its paired interval.
+Model kinds (NAME=KIND:PATH): sam, hq (HQ-SAM's default fused output), hq_token_only, sam2, stable, and the methods of
+train.py for run folders; each model goes through its own processor's pre- and post-processing. Datasets: any folder
+or Hub dataset in the layout training/prepare_hqseg44k.py writes (the HQ validation sets, or your own), and
+COCO-format annotations (mask AP under noisy boxes).
+
+Protocols (--protocol): `prompts` prompts each object `--num_prompts` times per prompt type (the GT box once: it is
+the same every time); `sweep` adds noisy boxes at noise scales 0.1 to 0.6 and 1 to 5 points; `interactive` simulates
+clicks (the first at the object's centre, each next one at the deepest point of the larger error region, the previous
+low-res logits fed back as the mask prompt) and reports NoC@85, NoC@90 and mIoU after each click. Draw k of type t
+for object o of dataset d comes from a generator seeded by (seed, d, o, t, k), so every model sees the same prompts.
+Per-object results are appended to `<output_dir>/per_object.rank<N>.jsonl` as they are computed; a rerun with the
+same settings and the same model and data files reuses them and computes only what is missing, so an interrupted run
+loses nothing. Then `results.csv`, `results.md`, `results.json` and PNG curves are written and the table is printed:
+every mIoU and NoC with a 95 % bootstrap interval (objects resampled within each dataset) and every model's mIoU
+difference to `--reference_model` (the first model by default) on the same objects and prompts, with its paired
+interval.
 """
 
-import csv
 import hashlib
 import json
 import logging
@@ -35,9 +44,12 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from stable_sam_hf.clicks import MAX_CLICKS, number_of_clicks, simulate_clicks
+from stable_sam_hf.contenders import make_predictor
 from stable_sam_hf.data import BadSampleError, SkipCounter, decode_sample, hqseg_subsets, load_segmentation_subsets
 from stable_sam_hf.evaluation import (
     COCO_PROMPT_TYPE,
+    MODEL_KINDS,
     ModelSpec,
     SamPredictor,
     check_local_or_hub,
@@ -51,51 +63,58 @@ from stable_sam_hf.evaluation import (
     path_fingerprint,
     score_object,
 )
+from stable_sam_hf.evaluation_report import (
+    AVERAGE,
+    COCO_DATASET,
+    CSV_COLUMNS,
+    INTERACTIVE,
+    markdown_tables,
+    write_csv,
+    write_plots,
+    write_results_json,
+)
 from stable_sam_hf.metrics import bootstrap_interval
 from stable_sam_hf.prompts import EVALUATION_PROMPT_TYPES, parse_prompt_type
 
 
 logger = get_logger(__name__)
 
+PROTOCOLS = {
+    "prompts": "each object prompted --num_prompts times per --prompt_types (the GT box once): mIoU, mBIoU, ST",
+    "interactive": "clicks to quality: the first click at the object's centre (the pixel farthest from its boundary), "
+    "then up to --max_clicks corrective clicks, each at the pixel farthest from the boundary of the largest error "
+    "region (positive in a missed region, negative in a false one; largest = farthest inside itself, as RITM), the "
+    "previous low-res logits fed back as the mask prompt: NoC@85, NoC@90 (the cap when never reached), objects never "
+    "reaching 85 %, and mIoU after 1..max_clicks clicks",
+    "sweep": "noisy-box mIoU at noise scales 0.1 to 0.6 (prompt types noisy_box@<scale>) and point mIoU with 1 to 5 "
+    "points (points_1 .. points_5), one curve per model",
+}
+SWEEP_NOISE_SCALES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+SWEEP_POINTS = (1, 2, 3, 4, 5)
+
 RECORDS_GLOB = "per_object.rank*.jsonl"
-COCO_DATASET = "COCO"
-AVERAGE = "average"
-CSV_COLUMNS = (
-    "model",
-    "model_id",
-    "routing_weight",
-    "dataset",
-    "prompt_type",
-    "mIoU",
-    "mIoU_low",
-    "mIoU_high",
-    "mIoU_diff",
-    "mIoU_diff_low",
-    "mIoU_diff_high",
-    "mBIoU",
-    "ST",
-    "pred_IoU",
-    "alpha_1",
-    "mAP",
-    "mAP50",
-    "num_objects",
-    "num_skipped",
-    "num_prompts",
-    "seed",
-)
 
 
 @dataclass
 class EvaluationArguments:
     models: list[str] = field(
         metadata={
-            "help": "Models as NAME=METHOD:PATH, e.g. sam=sam:facebook/sam-vit-base (frozen SAM), "
-            "stable=stable:runs/stable (a run folder or a StableSamModel checkpoint), lora=lora:runs/lora, "
-            "hq=hq:<SamHQModel checkpoint or run folder>. A run folder of training/train.py alone (runs/adapter) names "
-            "its method and base SAM in training_summary.json. NAME defaults to the method."
+            "help": "Models as NAME=KIND:PATH, e.g. sam=sam:facebook/sam-vit-base stable=stable:runs/stable. KIND is one "
+            "of: " + "; ".join(f"{kind}: {text}" for kind, text in MODEL_KINDS.items()) + ". A run folder of "
+            "training/train.py alone (runs/adapter) names its method and base SAM in training_summary.json; a local "
+            "checkpoint alone is known by its config's model_type. NAME defaults to the kind."
         }
     )
     output_dir: str = field(metadata={"help": "Where per-object results, results.csv/.md and the plots go."})
+    protocol: list[str] = field(
+        default_factory=lambda: ["prompts"],
+        metadata={
+            "help": "Protocols to run on the segmentation datasets (any of): "
+            + "; ".join(f"{name}: {text}".replace("%", "%%") for name, text in PROTOCOLS.items())
+            + "."
+        },
+    )
+    max_clicks: int = field(default=MAX_CLICKS, metadata={"help": "Clicks per object in the interactive protocol."})
     dataset: str | None = field(
         default=None,
         metadata={"help": "Local folder or Hub id written by training/prepare_hqseg44k.py; its validation split."},
@@ -164,7 +183,10 @@ class EvaluationArguments:
                 raise ValueError("`prompt_types`: coarse_mask is a training prompt, not an evaluation prompt type.")
         if len(set(self.prompt_types)) != len(self.prompt_types):
             raise ValueError(f"`prompt_types` has repeated entries: {self.prompt_types}.")
-        for name in ("num_prompts", "decoder_batch_size", "max_objects_per_dataset", "coco_max_images"):
+        unknown = [name for name in self.protocol if name not in PROTOCOLS]
+        if unknown or not self.protocol or len(set(self.protocol)) != len(self.protocol):
+            raise ValueError(f"`protocol` must name distinct protocols of {list(PROTOCOLS)}, got {self.protocol}.")
+        for name in ("num_prompts", "decoder_batch_size", "max_objects_per_dataset", "coco_max_images", "max_clicks"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
@@ -195,6 +217,25 @@ def parse_args(argv=None) -> EvaluationArguments:
     return args
 
 
+def dataset_prompt_types(args: EvaluationArguments) -> list[str]:
+    """The prompt types the protocols evaluate on the segmentation datasets, in report order."""
+    types = list(args.prompt_types) if "prompts" in args.protocol else []
+    if "sweep" in args.protocol:
+        types += [f"noisy_box@{scale:g}" for scale in SWEEP_NOISE_SCALES]
+        types += [f"points_{count}" for count in SWEEP_POINTS]
+    if INTERACTIVE in args.protocol:
+        types.append(INTERACTIVE)
+    return list(dict.fromkeys(types))
+
+
+def split_noise_scale(prompt_type: str, default: float) -> tuple[str, float]:
+    """`noisy_box@0.3` -> (`noisy_box`, 0.3); other prompt types keep `default`."""
+    if "@" not in prompt_type:
+        return prompt_type, default
+    base, scale = prompt_type.split("@", 1)
+    return base, float(scale)
+
+
 # Per-object records
 
 
@@ -212,6 +253,7 @@ def run_key(spec: ModelSpec, args: EvaluationArguments, source: str) -> str:
         "noise_scale": args.noise_scale,
         "dilation_ratio": args.dilation_ratio,
         "coco_iou": [args.coco_min_iou, args.coco_max_iou],
+        "max_clicks": args.max_clicks,
     }
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -284,15 +326,21 @@ def evaluate_hq_object(
     prompts = {}
     records = []
     for routing_weight, prompt_type in missing:
+        if prompt_type == INTERACTIVE:
+            records.append(
+                evaluate_interactive(predictor, encoding, spec, args, key, dataset, object_id, mask, routing_weight)
+            )
+            continue
         if prompt_type not in prompts:
+            base_type, noise_scale = split_noise_scale(prompt_type, args.noise_scale)
             prompts[prompt_type] = draw_prompts(
                 mask,
-                prompt_type,
+                base_type,
                 args.num_prompts,
                 seed=args.seed,
                 dataset=dataset,
                 object_id=object_id,
-                noise_scale=args.noise_scale,
+                noise_scale=noise_scale,
             )
         prediction = predictor.predict(encoding, prompts[prompt_type], routing_weight)
         scores = score_object(prediction.masks, mask.to(prediction.masks.device), dilation_ratio=args.dilation_ratio)
@@ -315,6 +363,29 @@ def evaluate_hq_object(
     return records
 
 
+def evaluate_interactive(predictor, encoding, spec, args, key, dataset, object_id, mask, routing_weight):
+    """The interactive protocol's record of one object: IoU after each click and the clicks."""
+
+    def predict(points, labels, logits):
+        return predictor.predict_clicks(encoding, points, labels, logits)
+
+    result = simulate_clicks(predict, mask.cpu(), max_clicks=args.max_clicks)
+    return {
+        "run": key,
+        "model": spec.name,
+        "routing_weight": routing_weight,
+        "dataset": dataset,
+        "id": object_id,
+        "prompt_type": INTERACTIVE,
+        "iou": result.ious,
+        "boundary_iou": [],
+        "stability": None,
+        "predicted_iou": [],
+        "alpha_1": None,
+        "clicks": [list(click) for click in result.clicks],
+    }
+
+
 def evaluate_hq(
     accelerator: Accelerator,
     predictor: SamPredictor,
@@ -326,7 +397,12 @@ def evaluate_hq(
     """All records of one model on the validation subsets (this process's share, gathered), and skips by subset."""
     key = run_key(spec, args, args.dataset)
     variants = [None] + (list(args.routing_weight or []) if predictor.is_stable else [])
-    wanted = [(weight, prompt_type) for weight in variants for prompt_type in args.prompt_types]
+    wanted = [
+        (weight, prompt_type)
+        for weight in variants
+        for prompt_type in dataset_prompt_types(args)
+        if weight is None or prompt_type != INTERACTIVE
+    ]
     subsets = _load_subsets(args)
     records, skipped = [], {}
     for dataset, part in subsets.items():
@@ -505,7 +581,7 @@ def summarize_records(
     for record in sorted(records, key=lambda r: (r["dataset"], r["id"])):
         cells[(record["model"], record["routing_weight"], record["dataset"], record["prompt_type"])].append(record)
     reference = args.reference_model or specs[0].name
-    object_iou = {key: {record["id"]: _mean(record["iou"]) for record in cell} for key, cell in cells.items()}
+    object_iou = {key: {record["id"]: _object_iou(record) for record in cell} for key, cell in cells.items()}
 
     def add_intervals(row: dict[str, Any], datasets: list[str]) -> None:
         model, weight, prompt_type = row["model"], row["routing_weight"], row["prompt_type"]
@@ -522,7 +598,7 @@ def summarize_records(
         weights = sorted({key[1] for key in cells if key[0] == spec.name}, key=lambda w: (w is not None, w or 0.0))
         datasets = list(skipped.get(spec.name, {}))
         for weight in weights:
-            for prompt_type in args.prompt_types:
+            for prompt_type in dataset_prompt_types(args):
                 per_dataset = []
                 for dataset in datasets:
                     cell = cells.get((spec.name, weight, dataset, prompt_type), [])
@@ -533,6 +609,9 @@ def summarize_records(
                 if per_dataset:
                     row = _average_row(spec, args, weight, prompt_type, per_dataset)
                     add_intervals(row, [r["dataset"] for r in per_dataset if r["num_objects"]])
+                    if prompt_type == INTERACTIVE:
+                        groups = [cells.get((spec.name, weight, r["dataset"], prompt_type), []) for r in per_dataset]
+                        row.update(_interactive_columns([record for cell in groups for record in cell], args, groups))
                     rows.append(row)
         if spec.name in coco_ap:
             cell = cells.get((spec.name, None, COCO_DATASET, COCO_PROMPT_TYPE), [])
@@ -569,15 +648,47 @@ def _intervals(
     return row
 
 
+def _object_iou(record: dict[str, Any]) -> float:
+    """The per-object value behind mIoU, its interval and the paired difference: the mean IoU over the object's
+    prompts, or for the interactive protocol the IoU after the first click."""
+    if record["prompt_type"] == INTERACTIVE:
+        return record["iou"][0] if record["iou"] else math.nan
+    return _mean(record["iou"])
+
+
+def _interactive_columns(cell: list[dict[str, Any]], args, groups: list[list[dict[str, Any]]] | None = None):
+    """NoC@85 / NoC@90 with bootstrap intervals (objects resampled within each dataset), objects never reaching 85 %,
+    and the mIoU curve after 1..max_clicks clicks (in %)."""
+    columns = {}
+    groups = groups if groups is not None else [cell]
+    for threshold, name in ((0.85, "NoC85"), (0.90, "NoC90")):
+        per_group = [[number_of_clicks(r["iou"], threshold, args.max_clicks) for r in group] for group in groups]
+        per_group = [torch.tensor(values, dtype=torch.float64) for values in per_group if values]
+        columns[name] = torch.stack([v.mean() for v in per_group]).mean().item() if per_group else None
+        columns[f"{name}_low"] = columns[f"{name}_high"] = None
+        if per_group and args.bootstrap_resamples:
+            columns[f"{name}_low"], columns[f"{name}_high"] = bootstrap_interval(
+                per_group, num_resamples=args.bootstrap_resamples
+            )
+    columns["failed_85"] = sum(max(r["iou"][: args.max_clicks]) < 0.85 for r in cell)
+    curves = [torch.tensor([r["iou"] for r in group], dtype=torch.float64) for group in groups if group]
+    columns["mIoU_curve"] = (100 * torch.stack([c.mean(dim=0) for c in curves]).mean(dim=0)).tolist() if curves else []
+    return columns
+
+
 def _row(spec, args, weight, dataset, prompt_type, cell, num_skipped) -> dict[str, Any]:
     alphas = [record["alpha_1"] for record in cell if record["alpha_1"] is not None]
+    interactive = prompt_type == INTERACTIVE
+    extra = _interactive_columns(cell, args) if interactive else {}
     return {
+        **{column: None for column in CSV_COLUMNS},
+        **extra,
         "model": spec.name,
         "model_id": spec.model_id,
         "routing_weight": weight,
         "dataset": dataset,
         "prompt_type": prompt_type,
-        "mIoU": 100 * _mean([_mean(record["iou"]) for record in cell]),
+        "mIoU": 100 * _mean([_object_iou(record) for record in cell]),
         "mBIoU": 100 * _mean([_mean(record["boundary_iou"]) for record in cell]),
         "ST": 100 * _mean([record["stability"] for record in cell]),
         # The model's own estimate of its masks' IoU (SAM's IoU head); records of older runs may lack it
@@ -587,7 +698,7 @@ def _row(spec, args, weight, dataset, prompt_type, cell, num_skipped) -> dict[st
         "mAP50": None,
         "num_objects": len(cell),
         "num_skipped": num_skipped,
-        "num_prompts": 1 if dataset != COCO_DATASET and prompt_type == "box" else args.num_prompts,
+        "num_prompts": 1 if dataset != COCO_DATASET and prompt_type in ("box", INTERACTIVE) else args.num_prompts,
         "seed": args.seed,
     }
 
@@ -602,205 +713,6 @@ def _average_row(spec, args, weight, prompt_type, per_dataset) -> dict[str, Any]
     row["num_objects"] = sum(r["num_objects"] for r in per_dataset)
     row["num_skipped"] = sum(r["num_skipped"] for r in per_dataset)
     return row
-
-
-def _format(value, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({column: _csv_value(row[column]) for column in CSV_COLUMNS})
-
-
-def _csv_value(value):
-    # Undefined values (ST of the GT box, alpha_1 of SAM, an empty cell) are empty fields
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return value
-
-
-def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args: EvaluationArguments) -> str:
-    """The main table (average over datasets and mIoU per dataset), the alpha_1 sweep and COCO, as markdown."""
-    hq = [row for row in rows if row["dataset"] != COCO_DATASET]
-    datasets = list(dict.fromkeys(row["dataset"] for row in hq if row["dataset"] != AVERAGE))
-    lines = [
-        f"Prompt seed {args.seed}, K = {args.num_prompts} prompts per object and type (the GT box once). "
-        "mIoU, mBIoU, ST and the predicted IoU (the model's own estimate, from SAM's IoU head) in %, averaged over "
-        "the datasets; per-dataset columns are mIoU.",
-        "",
-        "Models: " + "; ".join(f"`{spec.name}` = {spec.model_id}" for spec in specs),
-        "",
-    ]
-    if hq:
-        header = [
-            "model",
-            "prompt",
-            "mIoU",
-            "95 % interval",
-            "mBIoU",
-            "ST",
-            "pred. IoU",
-            "alpha_1",
-            *datasets,
-            "objects",
-            "skipped",
-        ]
-        lines += [_md_row(header), _md_row(["---"] * len(header))]
-        by_cell = {(r["model"], r["routing_weight"], r["dataset"], r["prompt_type"]): r for r in hq}
-        for spec in specs:
-            for prompt_type in args.prompt_types:
-                average = by_cell.get((spec.name, None, AVERAGE, prompt_type))
-                if average is None:
-                    continue
-                per_dataset = [_format(by_cell[(spec.name, None, d, prompt_type)]["mIoU"]) for d in datasets]
-                lines.append(
-                    _md_row(
-                        [
-                            spec.name,
-                            prompt_type,
-                            _format(average["mIoU"]),
-                            _interval(average["mIoU_low"], average["mIoU_high"]),
-                            _format(average["mBIoU"]),
-                            _format(average["ST"]),
-                            _format(average["pred_IoU"]),
-                            _format(average["alpha_1"], 3),
-                            *per_dataset,
-                            str(average["num_objects"]),
-                            str(average["num_skipped"]),
-                        ]
-                    )
-                )
-        reference = args.reference_model or specs[0].name
-        compared = [spec for spec in specs if spec.name != reference]
-        if compared:
-            lines += [
-                "",
-                f"mIoU difference to `{reference}` in points (average over the datasets), on the same objects and "
-                "prompts; in brackets its 95 % bootstrap interval (objects resampled within each dataset; the "
-                "evaluation's sampling only, not the variation between training runs):",
-                "",
-            ]
-            header = ["model", *args.prompt_types]
-            lines += [_md_row(header), _md_row(["---"] * len(header))]
-            for spec in compared:
-                cells = []
-                for prompt_type in args.prompt_types:
-                    row = by_cell.get((spec.name, None, AVERAGE, prompt_type))
-                    cells.append("-" if row is None else _difference(row))
-                lines.append(_md_row([spec.name, *cells]))
-        sweep = [r for r in hq if r["dataset"] == AVERAGE and r["routing_weight"] is not None]
-        if sweep:
-            lines += ["", "mIoU (%) with alpha_1 forced (average over the datasets):", ""]
-            header = ["model", "alpha_1", *args.prompt_types]
-            lines += [_md_row(header), _md_row(["---"] * len(header))]
-            for spec in specs:
-                for weight in sorted({r["routing_weight"] for r in sweep if r["model"] == spec.name}):
-                    cells = [_format(by_cell[(spec.name, weight, AVERAGE, t)]["mIoU"]) for t in args.prompt_types]
-                    lines.append(_md_row([spec.name, f"{weight:g}", *cells]))
-    coco = [row for row in rows if row["dataset"] == COCO_DATASET]
-    if coco:
-        lines += ["", f"COCO, noisy boxes with IoU in [{args.coco_min_iou}, {args.coco_max_iou}) to the GT box:", ""]
-        header = ["model", "mAP", "mAP50", "mIoU", "mBIoU", "pred. IoU", "objects", "left out"]
-        lines += [_md_row(header), _md_row(["---"] * len(header))]
-        for row in coco:
-            values = [row["mAP"], row["mAP50"], row["mIoU"], row["mBIoU"], row["pred_IoU"]]
-            lines.append(
-                _md_row([row["model"], *map(_format, values), str(row["num_objects"]), str(row["num_skipped"])])
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _interval(low, high) -> str:
-    if low is None or high is None:
-        return "-"
-    return f"[{low:.1f}, {high:.1f}]"
-
-
-def _difference(row: dict[str, Any]) -> str:
-    """`+1.2 [+0.4, +2.0]`: a row's mIoU difference to the reference model and its interval."""
-    if row["mIoU_diff"] is None:
-        return "-"
-    text = f"{row['mIoU_diff']:+.1f}"
-    if row["mIoU_diff_low"] is not None:
-        text += f" [{row['mIoU_diff_low']:+.1f}, {row['mIoU_diff_high']:+.1f}]"
-    return text
-
-
-def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-# Plots
-
-
-def _points_rows(rows, spec, column):
-    points = []
-    for row in rows:
-        if row["model"] != spec.name or row["dataset"] != AVERAGE or row["routing_weight"] is not None:
-            continue
-        kind, count = parse_prompt_type(row["prompt_type"])
-        if kind == "points" and row[column] is not None and not math.isnan(row[column]):
-            points.append((count, row[column]))
-    return sorted(points)
-
-
-def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: Path) -> list[Path]:
-    """mIoU against the number of points (Table 6), alpha_1 against the number of points (Table 7) and mIoU against
-    a forced alpha_1 (Table 8), each when the results hold what it needs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(figure, axes, name, xlabel, ylabel, title):
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(ylabel)
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        path = output_dir / name
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
-
-    # Models without a router have no alpha_1: `_points_rows` leaves them out of that plot
-    for column, name, ylabel, title in (
-        ("mIoU", "miou_vs_points.png", "mIoU (%)", "mIoU against the number of points"),
-        ("alpha_1", "alpha1_vs_points.png", "alpha_1", "alpha_1 against the number of points"),
-    ):
-        curves = [(spec, _points_rows(rows, spec, column)) for spec in specs]
-        curves = [(spec, points) for spec, points in curves if points]
-        if not curves:
-            continue
-        figure, axes = plt.subplots(figsize=(5, 3.5))
-        for spec, points in curves:
-            axes.plot(*zip(*points), marker="o", label=spec.name)
-        axes.set_xticks(sorted({count for _, points in curves for count, _ in points}))
-        save(figure, axes, name, "points per prompt", ylabel, title)
-
-    sweep = [r for r in rows if r["dataset"] == AVERAGE and r["routing_weight"] is not None]
-    if sweep:
-        figure, axes = plt.subplots(figsize=(5, 3.5))
-        for spec in specs:
-            for prompt_type in dict.fromkeys(r["prompt_type"] for r in sweep):
-                points = sorted(
-                    (r["routing_weight"], r["mIoU"])
-                    for r in sweep
-                    if r["model"] == spec.name and r["prompt_type"] == prompt_type
-                )
-                if points:
-                    axes.plot(*zip(*points), marker="o", label=f"{spec.name} {prompt_type}")
-        save(figure, axes, "miou_vs_routing_weight.png", "forced alpha_1", "mIoU (%)", "mIoU against a forced alpha_1")
-    return written
 
 
 # Main
@@ -845,7 +757,7 @@ def main(argv=None) -> list[dict[str, Any]]:
     for spec in specs:
         logger.info(f"Evaluating {spec.name} = {spec.model_id}")
         model = load_model(spec).to(accelerator.device)
-        predictor = SamPredictor(model, decoder_batch_size=args.decoder_batch_size)
+        predictor = make_predictor(model, spec, decoder_batch_size=args.decoder_batch_size)
         if args.routing_weight and not predictor.is_stable:
             logger.info(f"{spec.name} is not a Stable-SAM model: no routing-weight sweep")
         if args.dataset is not None:
@@ -871,14 +783,15 @@ def main(argv=None) -> list[dict[str, Any]]:
                     logger.warning(f"{spec.name} {dataset}: {counter.report()}")
         rows = summarize_records(records, specs, args, skipped, coco_ap, coco_skipped)
         write_csv(rows, output_dir / "results.csv")
-        table = markdown_tables(rows, specs, args)
+        table = markdown_tables(rows, specs, args, dataset_prompt_types(args))
         (output_dir / "results.md").write_text(table)
         (output_dir / "run_config.json").write_text(
             json.dumps({**asdict(args), "model_ids": {s.name: s.model_id for s in specs}}, indent=2)
         )
+        write_results_json(rows, specs, args, output_dir / "results.json")
         plots = write_plots(rows, specs, output_dir)
         print(table)
-        logger.info(f"Wrote results.csv, results.md and {len(plots)} plots to {output_dir}")
+        logger.info(f"Wrote results.csv, results.md, results.json and {len(plots)} plots to {output_dir}")
     accelerator.end_training()
     return rows
 

@@ -1,10 +1,11 @@
 """Evaluation under seeded random prompts: model specs, SAM-style inference with batched prompts, per-object scores,
 and COCO mask AP with noisy-box prompts. `training/evaluate_model.py` is the command-line front end.
 
-Inference follows `SamProcessor`: the image's longest side is resized to the model's input size and the image is padded
-at the bottom and right; prompts drawn on the ground-truth mask in the original frame are scaled into the resized frame;
-low-resolution logits are upsampled to the padded input size, cropped, resized to the original size and thresholded at
-0. The image encoder runs once per image; all prompts of one type go through the decoder as one point batch.
+Inference goes through the checkpoint's image processor: it resizes and normalises the image (the checkpoint's pixel
+statistics), prompts drawn on the ground-truth mask in the original frame are scaled into the resized frame as
+`SamProcessor` does, and its `post_process_masks` brings the low-resolution logits back to the original size. The
+image encoder runs once per image; all prompts of one type go through the decoder as one point batch.
+`contenders.py` adds SAM 2 through its own processor.
 """
 
 import hashlib
@@ -18,22 +19,33 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import SamHQModel, SamModel
+from transformers import Sam2Model, SamHQModel, SamModel
 
 from .image_processing_stable_sam import StableSamImageProcessor
-from .methods import METHODS, TRAINABLE_WEIGHTS_NAME, build_segmenter
+from .methods import METHODS, TRAINABLE_WEIGHTS_NAME, build_segmenter, trainable_weights_name
 from .metrics import mask_iou, mask_to_boundary, stability
 from .modeling_stable_sam import StableSamModel
 from .prompts import masks_to_boxes, noisy_boxes, parse_prompt_type, sample_prompt
 
 
-# `sam` is a frozen SamModel; the others are the training methods of `methods.METHODS`
-EVALUATION_METHODS = ("sam", *METHODS)
+# The model kinds a spec can name: frozen checkpoints of every SAM family in transformers, and the training methods of
+# `methods.METHODS` (a run folder of training/train.py; `stable` and `hq` also take a checkpoint)
+MODEL_KINDS = {
+    "sam": "a SamModel checkpoint (facebook/sam-vit-base)",
+    "hq": "a SamHQModel checkpoint (syscv-community/sam-hq-vit-base), HQ-SAM's default output (the HQ mask fused with "
+    "SAM's), or a run folder of train.py's hq method (the HQ token's mask, as trained)",
+    "hq_token_only": "a SamHQModel checkpoint, the HQ token's mask alone (HQ-SAM's hq_token_only=True)",
+    "sam2": "a Sam2Model checkpoint (facebook/sam2.1-hiera-tiny), through Sam2Processor (needs torchvision)",
+    "stable": "a StableSamModel checkpoint or a run folder of train.py's stable method",
+    **{method: f"a run folder of train.py's {method} method" for method in METHODS if method not in ("stable", "hq")},
+}
+EVALUATION_METHODS = tuple(MODEL_KINDS)
+# The kinds that take a checkpoint (a Hub id or a model folder), not only a run folder
+CHECKPOINT_KINDS = ("sam", "hq", "hq_token_only", "sam2", "stable")
 RUN_SUMMARY_NAME = "training_summary.json"
-# A checkpoint's config.json model_type -> method, for specs that name no method
-_METHOD_OF_MODEL_TYPE = {"sam": "sam", "stable_sam": "stable", "sam_hq": "hq"}
+# A checkpoint's config.json model_type -> kind, for specs that name none
+_METHOD_OF_MODEL_TYPE = {"sam": "sam", "stable_sam": "stable", "sam_hq": "hq", "sam2": "sam2"}
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # The COCO protocol's prompt: one noisy box per object, IoU in [0.5, 0.6) with the ground-truth box
@@ -159,7 +171,8 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
     elif ":" in rest and not Path(rest).exists() and _NAME_PATTERN.match(rest.split(":", 1)[0]):
         # Neither Hub ids nor local paths here hold a colon: the part before it names a method
         raise ValueError(
-            f"Model spec {spec!r}: unknown method {rest.split(':', 1)[0]!r}; known methods: {', '.join(EVALUATION_METHODS)}."
+            f"Model spec {spec!r}: unknown method (model kind) {rest.split(':', 1)[0]!r}; supported kinds: "
+            f"{', '.join(EVALUATION_METHODS)}."
         )
     if not path:
         raise ValueError(f"Model spec {spec!r} has no path: expected NAME=METHOD:PATH.")
@@ -167,8 +180,9 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
     summary = _read_run_summary(path)
     run_folder = summary is not None
     if run_folder:
-        if not (Path(path) / TRAINABLE_WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"Run folder {path} has {RUN_SUMMARY_NAME} but no {TRAINABLE_WEIGHTS_NAME}.")
+        weights_name = trainable_weights_name(summary.get("method"))
+        if not (Path(path) / weights_name).is_file():
+            raise FileNotFoundError(f"Run folder {path} has {RUN_SUMMARY_NAME} but no {weights_name}.")
         if method is not None and method != summary["method"]:
             raise ValueError(
                 f"Model spec {spec!r} says method {method!r} but {path} was trained as {summary['method']!r}."
@@ -181,10 +195,11 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
         if model_type not in _METHOD_OF_MODEL_TYPE:
             raise ValueError(
                 f"Model spec {spec!r} names no method and {path} is neither a run folder ({RUN_SUMMARY_NAME}) nor a "
-                f"local SAM, Stable-SAM or HQ-SAM checkpoint: write NAME=METHOD:PATH with METHOD in {EVALUATION_METHODS}."
+                f"local SAM, SAM 2, Stable-SAM or HQ-SAM checkpoint: write NAME=KIND:PATH with KIND in "
+                f"{EVALUATION_METHODS}."
             )
         method = _METHOD_OF_MODEL_TYPE[model_type]
-    elif method not in ("sam", "stable", "hq"):
+    elif method not in CHECKPOINT_KINDS:
         raise ValueError(
             f"Model spec {spec!r}: method {method!r} needs a run folder written by training/train.py "
             f"({TRAINABLE_WEIGHTS_NAME} + {RUN_SUMMARY_NAME}), got {path}."
@@ -199,6 +214,10 @@ def load_model(spec: ModelSpec) -> nn.Module:
     adapters), in eval mode with every parameter frozen."""
     if spec.method == "sam":
         model = SamModel.from_pretrained(spec.path)
+    elif spec.method == "sam2":
+        model = Sam2Model.from_pretrained(spec.path)
+    elif spec.method == "hq_token_only":
+        model = SamHQModel.from_pretrained(spec.path)
     elif spec.method == "stable" and (not spec.run_folder or (Path(spec.path) / "config.json").is_file()):
         # A checkpoint, or a training run folder: train.py saves a Stable-SAM adapter there that names its base SAM
         model = StableSamModel.from_pretrained(spec.path)
@@ -296,9 +315,20 @@ class SamPredictor:
     Args:
         model (`nn.Module`): a `SamModel`, `StableSamModel`, `SamHQModel` or SAM with LoRA layers / adapters.
         decoder_batch_size (`int`, *optional*, defaults to 20): prompts per decoder call.
+        image_processor (`StableSamImageProcessor`, *optional*): the checkpoint's image processor (its pixel
+            statistics); SAM's defaults at the model's input size when None.
+        hq_token_only (`bool`, *optional*, defaults to `True`): for a `SamHQModel`, the HQ token's mask alone (True)
+            or HQ-SAM's default output, the HQ mask fused with SAM's (False).
     """
 
-    def __init__(self, model: nn.Module, *, decoder_batch_size: int = 20):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        decoder_batch_size: int = 20,
+        image_processor: StableSamImageProcessor | None = None,
+        hq_token_only: bool = True,
+    ):
         if decoder_batch_size < 1:
             raise ValueError(f"`decoder_batch_size` must be a positive int, got {decoder_batch_size}.")
         self.model = model
@@ -306,10 +336,13 @@ class SamPredictor:
         self.image_size = model.config.vision_config.image_size
         self.is_stable = isinstance(model, StableSamModel)
         self.is_hq = isinstance(model, SamHQModel)
+        self.hq_token_only = hq_token_only
         size = self.image_size
-        self.image_processor = StableSamImageProcessor(
-            size={"longest_edge": size}, pad_size={"height": size, "width": size}
-        )
+        if image_processor is None:
+            image_processor = StableSamImageProcessor(
+                size={"longest_edge": size}, pad_size={"height": size, "width": size}
+            )
+        self.image_processor = image_processor
 
     @property
     def device(self) -> torch.device:
@@ -359,12 +392,10 @@ class SamPredictor:
         """
         masks = []
         for chunk in low_res.split(chunk_size):
-            logits = F.interpolate(
-                chunk[:, None].float(), (self.image_size, self.image_size), mode="bilinear", align_corners=False
+            (upsampled,) = self.image_processor.post_process_masks(
+                [chunk[:, None].float().cpu()], [encoding.original_size], [encoding.reshaped_size]
             )
-            logits = logits[..., : encoding.reshaped_size[0], : encoding.reshaped_size[1]]
-            logits = F.interpolate(logits, encoding.original_size, mode="bilinear", align_corners=False)
-            masks.append(logits[:, 0] > 0)
+            masks.append(upsampled[:, 0].to(low_res.device))
         return torch.cat(masks)
 
     @torch.no_grad()
@@ -386,7 +417,7 @@ class SamPredictor:
         num_prompts = next(iter(prompts.values())).shape[0]
         extra = {"multimask_output": False}
         if self.is_hq:
-            extra["hq_token_only"] = True
+            extra["hq_token_only"] = self.hq_token_only
         if routing_weight is not None:
             extra["routing_weight"] = float(routing_weight)
         masks, scores, routing = [], [], []
@@ -399,6 +430,36 @@ class SamPredictor:
             if self.is_stable:
                 routing.append(outputs.routing_weights[0].float().cpu())
         return Prediction(torch.cat(masks), torch.cat(scores), torch.cat(routing) if routing else None)
+
+    @torch.no_grad()
+    def predict_clicks(
+        self, encoding: ImageEncoding, points: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        One mask for a set of clicks, with the previous low-resolution logits as the mask prompt (the interactive
+        protocol's step).
+
+        Args:
+            points (`torch.Tensor` of shape `(num_clicks, 2)`): (x, y) in the original image's pixel frame.
+            labels (`torch.Tensor` of shape `(num_clicks,)`): 1 positive, 0 negative.
+            mask_logits (`torch.Tensor` of shape `(mask_size, mask_size)`, *optional*): the previous step's logits.
+
+        Returns:
+            the mask (`(height, width)`, bool, original resolution) and its low-resolution logits.
+        """
+        prompts = self.to_model_frame({"input_points": points[None]}, encoding)
+        inputs = {
+            "input_points": prompts["input_points"][None].to(self.device),  # 1 x 1 x N x 2
+            "input_labels": labels[None, None].to(self.device),  # 1 x 1 x N
+        }
+        if mask_logits is not None:
+            inputs["input_masks"] = mask_logits[None, None].to(self.device, self.model.dtype)  # 1 x 1 x H x W
+        extra = {"multimask_output": False}
+        if self.is_hq:
+            extra["hq_token_only"] = self.hq_token_only
+        outputs = self.model(**encoding.features, **inputs, **extra)
+        low_res = outputs.pred_masks[0, 0, 0]
+        return self.postprocess(low_res[None], encoding)[0], low_res
 
 
 def _describe(value) -> str:

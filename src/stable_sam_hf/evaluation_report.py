@@ -1,0 +1,361 @@
+"""The evaluation report: one table with every model side by side (`results.md`), the same numbers as `results.csv`
+and `results.json` (what the model card writer reads), and the curves as PNGs. `training/evaluate_model.py` computes
+the rows; this module only renders them.
+
+`results.json` holds `{"settings": {...}, "models": {name: model_id}, "rows": [row, ...]}`; a row has the columns of
+`CSV_COLUMNS` plus, for the interactive protocol, `mIoU_curve` (mIoU in % after 1..max_clicks clicks).
+"""
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .evaluation import ModelSpec
+from .prompts import parse_prompt_type
+
+
+COCO_DATASET = "COCO"
+AVERAGE = "average"
+INTERACTIVE = "interactive"
+CSV_COLUMNS = (
+    "model",
+    "model_id",
+    "routing_weight",
+    "dataset",
+    "prompt_type",
+    "mIoU",
+    "mIoU_low",
+    "mIoU_high",
+    "mIoU_diff",
+    "mIoU_diff_low",
+    "mIoU_diff_high",
+    "mBIoU",
+    "ST",
+    "pred_IoU",
+    "alpha_1",
+    "mAP",
+    "mAP50",
+    "NoC85",
+    "NoC85_low",
+    "NoC85_high",
+    "NoC90",
+    "NoC90_low",
+    "NoC90_high",
+    "failed_85",
+    "num_objects",
+    "num_skipped",
+    "num_prompts",
+    "seed",
+)
+
+
+def _format(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: _csv_value(row[column]) for column in CSV_COLUMNS})
+
+
+def _csv_value(value):
+    # Undefined values (ST of the GT box, alpha_1 of SAM, an empty cell) are empty fields
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_results_json(rows: list[dict[str, Any]], specs: list[ModelSpec], args, path: Path) -> None:
+    """Every row (NaN as null) with the run's settings and the models' ids, written atomically."""
+    settings = {
+        key: getattr(args, key)
+        for key in ("dataset", "coco_annotations", "protocol", "prompt_types", "num_prompts", "seed", "noise_scale")
+        + ("max_clicks", "dilation_ratio", "bootstrap_resamples", "reference_model")
+    }
+    content = {
+        "settings": settings,
+        "models": {spec.name: spec.model_id for spec in specs},
+        "rows": [{key: _json_value(value) for key, value in row.items()} for row in rows],
+    }
+    _atomic_write_text(path, json.dumps(content, indent=1) + "\n")
+
+
+def _json_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, prompt_types: list[str]) -> str:
+    """The main table (average over datasets and mIoU per dataset), the interactive protocol's NoC, the alpha_1 sweep
+    and COCO, as markdown. `args` carries the run's settings (seed, num_prompts, reference_model, ...)."""
+    hq = [row for row in rows if row["dataset"] != COCO_DATASET]
+    datasets = list(dict.fromkeys(row["dataset"] for row in hq if row["dataset"] != AVERAGE))
+    lines = [
+        f"Prompt seed {args.seed}, K = {args.num_prompts} prompts per object and type (the GT box once). "
+        "mIoU, mBIoU, ST and the predicted IoU (the model's own estimate, from SAM's IoU head) in %, averaged over "
+        "the datasets; per-dataset columns are mIoU.",
+        "",
+        "Models: " + "; ".join(f"`{spec.name}` = {spec.model_id}" for spec in specs),
+        "",
+    ]
+    if hq:
+        header = [
+            "model",
+            "prompt",
+            "mIoU",
+            "95 % interval",
+            "mBIoU",
+            "ST",
+            "pred. IoU",
+            "alpha_1",
+            *datasets,
+            "objects",
+            "skipped",
+        ]
+        lines += [_md_row(header), _md_row(["---"] * len(header))]
+        by_cell = {(r["model"], r["routing_weight"], r["dataset"], r["prompt_type"]): r for r in hq}
+        for spec in specs:
+            for prompt_type in prompt_types:
+                average = by_cell.get((spec.name, None, AVERAGE, prompt_type))
+                if average is None:
+                    continue
+                per_dataset = [_format(by_cell[(spec.name, None, d, prompt_type)]["mIoU"]) for d in datasets]
+                lines.append(
+                    _md_row(
+                        [
+                            spec.name,
+                            prompt_type,
+                            _format(average["mIoU"]),
+                            _interval(average["mIoU_low"], average["mIoU_high"]),
+                            _format(average["mBIoU"]),
+                            _format(average["ST"]),
+                            _format(average["pred_IoU"]),
+                            _format(average["alpha_1"], 3),
+                            *per_dataset,
+                            str(average["num_objects"]),
+                            str(average["num_skipped"]),
+                        ]
+                    )
+                )
+        interactive = [by_cell.get((spec.name, None, AVERAGE, INTERACTIVE)) for spec in specs]
+        if any(interactive):
+            lines += [
+                "",
+                f"Interactive protocol (up to {args.max_clicks} clicks, average over the datasets): NoC@85 / NoC@90 "
+                f"are the clicks needed to reach 85 / 90 % IoU ({args.max_clicks} when never reached), with their 95 % "
+                "bootstrap intervals; mIoU after 1, 3, 5 and 10 clicks in %.",
+                "",
+            ]
+            header = ["model", "NoC@85", "NoC@90", "never 85 %", "mIoU@1", "mIoU@3", "mIoU@5", "mIoU@10", "objects"]
+            lines += [_md_row(header), _md_row(["---"] * len(header))]
+            for spec, row in zip(specs, interactive):
+                if row is None:
+                    continue
+                curve = row.get("mIoU_curve") or []
+                at = [_format(curve[k - 1]) if len(curve) >= k else "-" for k in (1, 3, 5, 10)]
+                lines.append(
+                    _md_row(
+                        [
+                            spec.name,
+                            _format(row["NoC85"], 2) + " " + _interval(row["NoC85_low"], row["NoC85_high"], 2),
+                            _format(row["NoC90"], 2) + " " + _interval(row["NoC90_low"], row["NoC90_high"], 2),
+                            str(row["failed_85"]),
+                            *at,
+                            str(row["num_objects"]),
+                        ]
+                    )
+                )
+        reference = args.reference_model or specs[0].name
+        compared = [spec for spec in specs if spec.name != reference]
+        if compared:
+            lines += [
+                "",
+                f"mIoU difference to `{reference}` in points (average over the datasets), on the same objects and "
+                "prompts; in brackets its 95 % bootstrap interval (objects resampled within each dataset; the "
+                "evaluation's sampling only, not the variation between training runs):",
+                "",
+            ]
+            header = ["model", *prompt_types]
+            lines += [_md_row(header), _md_row(["---"] * len(header))]
+            for spec in compared:
+                cells = []
+                for prompt_type in prompt_types:
+                    row = by_cell.get((spec.name, None, AVERAGE, prompt_type))
+                    cells.append("-" if row is None else _difference(row))
+                lines.append(_md_row([spec.name, *cells]))
+        sweep = [r for r in hq if r["dataset"] == AVERAGE and r["routing_weight"] is not None]
+        if sweep:
+            lines += ["", "mIoU (%) with alpha_1 forced (average over the datasets):", ""]
+            header = ["model", "alpha_1", *prompt_types]
+            lines += [_md_row(header), _md_row(["---"] * len(header))]
+            for spec in specs:
+                for weight in sorted({r["routing_weight"] for r in sweep if r["model"] == spec.name}):
+                    cells = [_format(by_cell[(spec.name, weight, AVERAGE, t)]["mIoU"]) for t in prompt_types]
+                    lines.append(_md_row([spec.name, f"{weight:g}", *cells]))
+    coco = [row for row in rows if row["dataset"] == COCO_DATASET]
+    if coco:
+        lines += ["", f"COCO, noisy boxes with IoU in [{args.coco_min_iou}, {args.coco_max_iou}) to the GT box:", ""]
+        header = ["model", "mAP", "mAP50", "mIoU", "mBIoU", "pred. IoU", "objects", "left out"]
+        lines += [_md_row(header), _md_row(["---"] * len(header))]
+        for row in coco:
+            values = [row["mAP"], row["mAP50"], row["mIoU"], row["mBIoU"], row["pred_IoU"]]
+            lines.append(
+                _md_row([row["model"], *map(_format, values), str(row["num_objects"]), str(row["num_skipped"])])
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _interval(low, high, digits: int = 1) -> str:
+    if low is None or high is None:
+        return "-"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _difference(row: dict[str, Any]) -> str:
+    """`+1.2 [+0.4, +2.0]`: a row's mIoU difference to the reference model and its interval."""
+    if row["mIoU_diff"] is None:
+        return "-"
+    text = f"{row['mIoU_diff']:+.1f}"
+    if row["mIoU_diff_low"] is not None:
+        text += f" [{row['mIoU_diff_low']:+.1f}, {row['mIoU_diff_high']:+.1f}]"
+    return text
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+# Plots
+
+
+def _points_rows(rows, spec, column):
+    points = []
+    for row in rows:
+        if row["model"] != spec.name or row["dataset"] != AVERAGE or row["routing_weight"] is not None:
+            continue
+        if row["prompt_type"] == INTERACTIVE or "@" in row["prompt_type"]:
+            continue
+        kind, count = parse_prompt_type(row["prompt_type"])
+        if kind == "points" and row[column] is not None and not math.isnan(row[column]):
+            points.append((count, row[column]))
+    return sorted(points)
+
+
+def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: Path) -> list[Path]:
+    """mIoU against the number of points (Table 6), alpha_1 against the number of points (Table 7) and mIoU against
+    a forced alpha_1 (Table 8), each when the results hold what it needs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(figure, axes, name, xlabel, ylabel, title):
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        path = output_dir / name
+        temporary = output_dir / f".{name}.tmp.png"
+        figure.savefig(temporary, dpi=120)
+        os.replace(temporary, path)
+        plt.close(figure)
+        written.append(path)
+
+    # Models without a router have no alpha_1: `_points_rows` leaves them out of that plot
+    for column, name, ylabel, title in (
+        ("mIoU", "miou_vs_points.png", "mIoU (%)", "mIoU against the number of points"),
+        ("alpha_1", "alpha1_vs_points.png", "alpha_1", "alpha_1 against the number of points"),
+    ):
+        curves = [(spec, _points_rows(rows, spec, column)) for spec in specs]
+        curves = [(spec, points) for spec, points in curves if points]
+        if not curves:
+            continue
+        figure, axes = plt.subplots(figsize=(5, 3.5))
+        for spec, points in curves:
+            axes.plot(*zip(*points), marker="o", label=spec.name)
+        axes.set_xticks(sorted({count for _, points in curves for count, _ in points}))
+        save(figure, axes, name, "points per prompt", ylabel, title)
+
+    # The noise sweep: noisy-box mIoU against the noise scale
+    noise = {
+        spec.name: sorted(
+            (float(r["prompt_type"].split("@", 1)[1]), r["mIoU"])
+            for r in rows
+            if r["model"] == spec.name
+            and r["dataset"] == AVERAGE
+            and r["routing_weight"] is None
+            and r["prompt_type"].startswith("noisy_box@")
+            and r["mIoU"] is not None
+            and not math.isnan(r["mIoU"])
+        )
+        for spec in specs
+    }
+    if any(noise.values()):
+        figure, axes = plt.subplots(figsize=(5, 3.5))
+        for name, points in noise.items():
+            if points:
+                axes.plot(*zip(*points), marker="o", label=name)
+        save(figure, axes, "miou_vs_noise_scale.png", "box noise scale", "mIoU (%)", "mIoU against the box noise")
+
+    # The interactive protocol: mIoU after each click
+    curves = {
+        r["model"]: r["mIoU_curve"]
+        for r in rows
+        if r["prompt_type"] == INTERACTIVE
+        and r["dataset"] == AVERAGE
+        and r["routing_weight"] is None
+        and r.get("mIoU_curve")
+    }
+    if curves:
+        figure, axes = plt.subplots(figsize=(5, 3.5))
+        for name, curve in curves.items():
+            axes.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
+        save(figure, axes, "miou_vs_clicks.png", "clicks", "mIoU (%)", "mIoU against the number of clicks")
+
+    sweep = [r for r in rows if r["dataset"] == AVERAGE and r["routing_weight"] is not None]
+    if sweep:
+        figure, axes = plt.subplots(figsize=(5, 3.5))
+        for spec in specs:
+            for prompt_type in dict.fromkeys(r["prompt_type"] for r in sweep):
+                points = sorted(
+                    (r["routing_weight"], r["mIoU"])
+                    for r in sweep
+                    if r["model"] == spec.name and r["prompt_type"] == prompt_type
+                )
+                if points:
+                    axes.plot(*zip(*points), marker="o", label=f"{spec.name} {prompt_type}")
+        save(figure, axes, "miou_vs_routing_weight.png", "forced alpha_1", "mIoU (%)", "mIoU against a forced alpha_1")
+    return written
+
+
+__all__ = [
+    "AVERAGE",
+    "COCO_DATASET",
+    "CSV_COLUMNS",
+    "INTERACTIVE",
+    "markdown_tables",
+    "write_csv",
+    "write_plots",
+    "write_results_json",
+]

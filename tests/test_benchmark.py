@@ -1,0 +1,276 @@
+"""The prompt-robustness benchmark: the click simulator on hand-made masks, and training/evaluate_model.py's protocols
+(prompts, interactive, sweep) on tiny random models of every kind and on the toy model."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import SamHQModel, SamModel
+
+from stable_sam_hf import StableSamModel
+from stable_sam_hf.clicks import Click, distance_to_boundary, next_click, number_of_clicks, simulate_clicks
+from stable_sam_hf.evaluation import MODEL_KINDS, parse_model_spec
+
+from fixtures import load_prepare_script, make_hqseg_tree
+from tiny import perturb_plugins_, tiny_sam2_config, tiny_sam_config, tiny_sam_hq_config, tiny_stable_sam_config
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+import evaluate_model  # noqa: E402
+
+
+def _has_torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# The click simulator
+
+
+def _rectangle(height, width, top, left, bottom, right) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : bottom + 1, left : right + 1] = True
+    return mask
+
+
+def test_first_click_is_the_object_centre():
+    # Rows 2-8, columns 3-13: the centre row 5 is 4 pixels from the outside rows 1 and 9; columns 6-10 are at least
+    # 4 from the outside columns 2 and 14, so the first (row-major) of the tie is (x=6, y=5)
+    gt = _rectangle(12, 20, 2, 3, 8, 13)
+    assert distance_to_boundary(gt).max() == 4
+    assert next_click(np.zeros_like(gt), gt) == Click(x=6, y=5, label=1)
+    # The image border is a boundary: in a 3-column strip along the top-left edges, row 0 and column 0 are 1 from it,
+    # and (x=1, y=1) is the first pixel 2 from every side
+    edge = _rectangle(9, 9, 0, 0, 8, 2)
+    assert distance_to_boundary(edge)[0, 1] == 1 and distance_to_boundary(edge)[1, 1] == 2
+    assert next_click(np.zeros_like(edge), edge) == Click(x=1, y=1, label=1)
+
+
+def test_corrective_clicks_go_into_the_larger_error_region():
+    gt = _rectangle(20, 30, 2, 2, 12, 12)
+    # Predicted: the object but its 3 right-most columns (a missed strip, 1.x deep) and a false 7 x 7 block far away
+    prediction = _rectangle(20, 30, 2, 2, 12, 9) | _rectangle(20, 30, 5, 20, 11, 26)
+    # The false block's centre (x=23, y=8) is 4 from its boundary, deeper than the missed strip: negative click there
+    assert next_click(prediction, gt) == Click(x=23, y=8, label=0)
+    # Without the false block the missed strip (rows 2-12, columns 10-12) gets a positive click in its middle column,
+    # on its first row 2 from the strip's boundary
+    assert next_click(_rectangle(20, 30, 2, 2, 12, 9), gt) == Click(x=11, y=3, label=1)
+    assert next_click(gt, gt) is None
+
+
+def test_a_model_returning_the_ground_truth_reaches_noc_one():
+    gt = torch.from_numpy(_rectangle(16, 16, 3, 4, 10, 12))
+    seen = []
+
+    def oracle(points, labels, logits):
+        seen.append((points.clone(), labels.clone(), logits))
+        return gt.clone(), torch.zeros(4, 4)
+
+    result = simulate_clicks(oracle, gt, max_clicks=20)
+    assert result.ious == [1.0] * 20 and len(result.clicks) == 1
+    assert number_of_clicks(result.ious, 0.85) == 1 and number_of_clicks(result.ious, 0.90) == 1
+    assert seen[0][2] is None  # no mask prompt before the first prediction
+
+
+def test_clicks_accumulate_and_logits_are_fed_back():
+    gt = torch.from_numpy(_rectangle(16, 16, 2, 2, 13, 13))
+    calls = []
+
+    def halves(points, labels, logits):
+        # The first prediction covers the top half only; after the second click, the whole object
+        calls.append((len(points), logits))
+        mask = gt.clone()
+        if len(points) == 1:
+            mask[8:] = False
+        return mask, torch.full((4, 4), float(len(points)))
+
+    result = simulate_clicks(halves, gt, max_clicks=5)
+    assert [count for count, _ in calls] == [1, 2]
+    assert calls[0][1] is None and torch.equal(calls[1][1], torch.full((4, 4), 1.0))
+    assert result.clicks[1].label == 1 and result.clicks[1].y >= 8  # the second click lands in the missed half
+    assert result.ious[0] == pytest.approx(72 / 144) and result.ious[1:] == [1.0] * 4
+    assert number_of_clicks(result.ious, 0.85) == 2
+    assert number_of_clicks([0.5] * 20, 0.85) == 20
+
+
+def test_simulator_rejects_bad_input():
+    with pytest.raises(ValueError, match="`gt` is empty"):
+        simulate_clicks(lambda *a: None, torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`max_clicks`"):
+        simulate_clicks(lambda *a: None, torch.ones(4, 4, dtype=torch.bool), max_clicks=0)
+    with pytest.raises(ValueError, match="`prediction` is"):
+        next_click(np.zeros((3, 3), dtype=bool), np.ones((4, 4), dtype=bool))
+
+
+# The protocols on every model kind
+
+
+@pytest.fixture(scope="module")
+def kinds_workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmark")
+    torch.manual_seed(0)
+    SamModel(tiny_sam_config()).save_pretrained(root / "sam")
+    stable = StableSamModel.from_pretrained(root / "sam", config=tiny_stable_sam_config())
+    perturb_plugins_(stable, seed=1)
+    stable.save_pretrained(root / "stable")
+    SamHQModel(tiny_sam_hq_config()).save_pretrained(root / "hq")
+    if _has_torchvision():
+        from transformers import Sam2Model
+
+        Sam2Model(tiny_sam2_config()).save_pretrained(root / "sam2")
+    make_hqseg_tree(root / "raw", n_per_dataset=2, size=(48, 64), bad_samples=False)
+    # An unreadable object: the skip is counted, as for the prompts protocol
+    coift = root / "raw/thin_object_detection/COIFT"
+    (coift / "images/broken_000.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((48, 64), dtype=np.uint8)).save(coift / "masks/broken_000.png")
+    prepare = load_prepare_script()
+    prepare.prepare(prepare.PrepareArguments(output_dir=str(root / "data"), source=str(root / "raw")))
+    return root
+
+
+def _kind_models(root: Path) -> list[str]:
+    models = [
+        f"sam=sam:{root / 'sam'}",
+        f"hq=hq:{root / 'hq'}",
+        f"hq_token=hq_token_only:{root / 'hq'}",
+        f"stable=stable:{root / 'stable'}",
+    ]
+    if (root / "sam2").exists():
+        models.append(f"sam2=sam2:{root / 'sam2'}")
+    return models
+
+
+def _benchmark_argv(root: Path, output_dir: Path, models: list[str]) -> list[str]:
+    return [
+        *("--models", *models, "--dataset", str(root / "data"), "--dataset_names", "COIFT", "HRSOD"),
+        *("--output_dir", str(output_dir), "--protocol", "prompts", "interactive", "sweep"),
+        *("--prompt_types", "box", "noisy_box", "--num_prompts", "2", "--max_clicks", "3"),
+        *("--bootstrap_resamples", "20", "--record_prompts"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def kinds_run(kinds_workspace):
+    output_dir = kinds_workspace / "run"
+    evaluate_model.main(_benchmark_argv(kinds_workspace, output_dir, _kind_models(kinds_workspace)))
+    return output_dir
+
+
+def _records(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "per_object.rank0.jsonl").read_text().splitlines()]
+
+
+def test_every_kind_runs_every_protocol(kinds_workspace, kinds_run):
+    results = json.loads((kinds_run / "results.json").read_text())
+    names = [spec.split("=")[0] for spec in _kind_models(kinds_workspace)]
+    assert list(results["models"]) == names
+    average = {(r["model"], r["prompt_type"]): r for r in results["rows"] if r["dataset"] == "average"}
+    sweep_types = [f"noisy_box@{s:g}" for s in evaluate_model.SWEEP_NOISE_SCALES]
+    sweep_types += [f"points_{k}" for k in evaluate_model.SWEEP_POINTS]
+    for name in names:
+        for prompt_type in ["box", "noisy_box", *sweep_types, "interactive"]:
+            row = average[(name, prompt_type)]
+            assert row["num_objects"] == 4 and row["num_skipped"] == 1, (name, prompt_type)
+            assert 0 <= row["mIoU"] <= 100
+        interactive = average[(name, "interactive")]
+        assert 1 <= interactive["NoC85"] <= 3 and 1 <= interactive["NoC90"] <= 3
+        assert interactive["NoC85_low"] <= interactive["NoC85"] <= interactive["NoC85_high"]
+        assert len(interactive["mIoU_curve"]) == 3 and 0 <= interactive["failed_85"] <= 4
+        assert interactive["mIoU"] == pytest.approx(interactive["mIoU_curve"][0])
+    # The fused HQ output differs from the HQ token's alone on the same prompts
+    hq = {(r["id"], r["prompt_type"]): r["iou"] for r in _records(kinds_run) if r["model"] == "hq"}
+    token = {(r["id"], r["prompt_type"]): r["iou"] for r in _records(kinds_run) if r["model"] == "hq_token"}
+    assert hq.keys() == token.keys() and hq != token
+    markdown = (kinds_run / "results.md").read_text()
+    assert "NoC@85" in markdown and all(f"| {name} |" in markdown for name in names)
+    for plot in ("miou_vs_clicks.png", "miou_vs_noise_scale.png", "miou_vs_points.png"):
+        assert (kinds_run / plot).stat().st_size > 1000
+    csv_header = (kinds_run / "results.csv").read_text().splitlines()[0]
+    assert "NoC85" in csv_header and "failed_85" in csv_header
+
+
+def test_every_kind_gets_the_same_prompts(kinds_run):
+    records = _records(kinds_run)
+    by_object = {}
+    for record in records:
+        key = (record["dataset"], record["id"], record["prompt_type"])
+        if record["prompt_type"] == "interactive":
+            # The first click depends on the object only; the later ones on each model's errors
+            by_object.setdefault(key, set()).add(tuple(record["clicks"][0]))
+        else:
+            by_object.setdefault(key, set()).add(json.dumps(record["prompts"], sort_keys=True))
+    models = {record["model"] for record in records}
+    assert len(models) >= 4
+    assert all(len(values) == 1 for values in by_object.values())
+    # Noise scales draw different boxes
+    boxes = {k[2]: v for k, v in by_object.items() if k[2].startswith("noisy_box@") and k[1] == records[0]["id"]}
+    assert len({next(iter(v)) for v in boxes.values()}) == len(boxes) == 6
+
+
+def test_interrupted_benchmark_resumes(kinds_workspace, kinds_run, tmp_path):
+    lines = (kinds_run / "per_object.rank0.jsonl").read_text().splitlines(keepends=True)
+    models = _kind_models(kinds_workspace)[:2]
+    names = {spec.split("=")[0] for spec in models}
+    mine = [line for line in lines if json.loads(line)["model"] in names]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "per_object.rank0.jsonl").write_text("".join(mine[: len(mine) // 2]) + mine[len(mine) // 2][:30])
+    evaluate_model.main(_benchmark_argv(kinds_workspace, resumed, models))
+    again = _records(resumed)
+    assert len(again) == len(mine)
+    full = json.loads((kinds_run / "results.json").read_text())["rows"]
+    part = json.loads((resumed / "results.json").read_text())["rows"]
+    expected = [r for r in full if r["model"] in names]
+    key = lambda r: (r["model"], r["dataset"], r["prompt_type"], r["routing_weight"])  # noqa: E731
+    assert sorted(((key(r), r["mIoU"], r.get("NoC85")) for r in part), key=str) == sorted(
+        ((key(r), r["mIoU"], r.get("NoC85")) for r in expected), key=str
+    )
+
+
+@pytest.mark.skipif(_has_torchvision(), reason="checks the error shown when torchvision is missing")
+def test_sam2_without_torchvision_names_what_is_missing(kinds_workspace, tmp_path):
+    from transformers import Sam2Model
+
+    Sam2Model(tiny_sam2_config()).save_pretrained(tmp_path / "sam2")
+    spec = parse_model_spec(f"sam2={tmp_path / 'sam2'}")  # known by its config's model_type
+    assert spec.method == "sam2"
+    with pytest.raises((ImportError, ModuleNotFoundError), match="(?i)torchvision"):
+        evaluate_model.main(
+            [
+                *("--models", f"sam2=sam2:{tmp_path / 'sam2'}", "--dataset", str(kinds_workspace / "data")),
+                *("--dataset_names", "COIFT", "--output_dir", str(tmp_path / "out"), "--prompt_types", "box"),
+            ]
+        )
+
+
+def test_unknown_kind_names_the_supported_kinds(kinds_workspace):
+    with pytest.raises(ValueError, match="supported kinds: " + ", ".join(MODEL_KINDS)):
+        parse_model_spec(f"x=sam3:{kinds_workspace / 'sam'}")
+
+
+def test_toy_model_runs_every_protocol(kinds_workspace, tmp_path):
+    toy = ROOT / "models" / "toy-sam-128"
+    output_dir = tmp_path / "toy"
+    evaluate_model.main(_benchmark_argv(kinds_workspace, output_dir, [f"toy=sam:{toy}"]))
+    rows = json.loads((output_dir / "results.json").read_text())["rows"]
+    interactive = next(r for r in rows if r["prompt_type"] == "interactive" and r["dataset"] == "average")
+    assert interactive["num_objects"] == 4 and len(interactive["mIoU_curve"]) == 3
+    assert {r["prompt_type"] for r in rows} >= {"box", "noisy_box@0.6", "points_5", "interactive"}
+    shutil.rmtree(output_dir)
