@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import shutil
-import zlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,12 +31,12 @@ from stable_sam_hf.data import SkipCounter, TrainStreamArguments, build_train_da
 from stable_sam_hf.methods import (
     METHODS,
     PLUGIN_ONLY_METHODS,
+    PromptCollator,
     build_segmenter,
-    collate_prompts,
     optimizer_parameter_groups,
     segmentation_loss,
 )
-from stable_sam_hf.prompts import TRAINING_PROMPT_TYPES, parse_prompt_type, sample_prompt
+from stable_sam_hf.prompts import TRAINING_PROMPT_TYPES, parse_prompt_type
 
 
 logger = get_logger(__name__)
@@ -152,38 +151,6 @@ def cpu_thread_advice(device_type: str, num_processes: int, threads: int, cores:
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, TrainStreamArguments, RecipeArguments), description=__doc__)
     return parser.parse_args_into_dataclasses(args=argv)
-
-
-class PromptCollator:
-    """Stacks samples and draws one prompt per object, seeded by the object itself (the same on any process)."""
-
-    def __init__(self, prompt_types: list[str], seed: int, noise_scale: float, mask_prompt_size: int):
-        self.prompt_types = prompt_types
-        self.seed = seed
-        self.noise_scale = noise_scale
-        self.mask_prompt_size = mask_prompt_size
-        self.max_points = max([parse_prompt_type(t)[1] for t in prompt_types] + [1])
-
-    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        prompts = []
-        for sample in samples:
-            key = f"{sample['dataset']}/{sample['id']}/{int(sample['mask'].sum())}".encode()
-            generator = torch.Generator().manual_seed(zlib.crc32(key) ^ self.seed)
-            prompt_type = self.prompt_types[int(torch.randint(len(self.prompt_types), (), generator=generator))]
-            prompts.append(
-                sample_prompt(
-                    sample["mask"],
-                    prompt_type,
-                    generator,
-                    noise_scale=self.noise_scale,
-                    mask_prompt_size=self.mask_prompt_size,
-                )
-            )
-        batch = collate_prompts(prompts, self.max_points, self.mask_prompt_size)
-        batch["images"] = torch.stack([sample["image"] for sample in samples])
-        batch["masks"] = torch.stack([sample["mask"] for sample in samples])
-        batch["skipped"] = torch.stack([sample["skipped"] for sample in samples])
-        return batch
 
 
 def save_trainable_hooks(accelerator: Accelerator):

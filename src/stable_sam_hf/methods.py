@@ -17,6 +17,7 @@ Appendix of the Stable-SAM paper, "LoRA and adapters": the adapters and LoRA sit
 """
 
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from transformers import SamHQConfig, SamHQModel, SamModel
 
 from .image_processing_stable_sam import StableSamImageProcessor
 from .modeling_stable_sam import StableSamModel, is_plugin_parameter
+from .prompts import parse_prompt_type, sample_prompt
 
 
 METHODS = ("stable", "lora", "adapter", "decoder", "stable_decoder", "stable_spatial", "heads", "hq")
@@ -133,6 +135,38 @@ def collate_prompts(
         else:
             raise ValueError(f"Prompt {index} has none of input_boxes, input_points, input_masks: {sorted(prompt)}.")
     return batch
+
+
+class PromptCollator:
+    """Stacks samples and draws one prompt per object, seeded by the object itself (the same on any process)."""
+
+    def __init__(self, prompt_types: list[str], seed: int, noise_scale: float, mask_prompt_size: int):
+        self.prompt_types = prompt_types
+        self.seed = seed
+        self.noise_scale = noise_scale
+        self.mask_prompt_size = mask_prompt_size
+        self.max_points = max([parse_prompt_type(t)[1] for t in prompt_types] + [1])
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = []
+        for sample in samples:
+            key = f"{sample['dataset']}/{sample['id']}/{int(sample['mask'].sum())}".encode()
+            generator = torch.Generator().manual_seed(zlib.crc32(key) ^ self.seed)
+            prompt_type = self.prompt_types[int(torch.randint(len(self.prompt_types), (), generator=generator))]
+            prompts.append(
+                sample_prompt(
+                    sample["mask"],
+                    prompt_type,
+                    generator,
+                    noise_scale=self.noise_scale,
+                    mask_prompt_size=self.mask_prompt_size,
+                )
+            )
+        batch = collate_prompts(prompts, self.max_points, self.mask_prompt_size)
+        batch["images"] = torch.stack([sample["image"] for sample in samples])
+        batch["masks"] = torch.stack([sample["mask"] for sample in samples])
+        batch["skipped"] = torch.stack([sample["skipped"] for sample in samples])
+        return batch
 
 
 def _prompt_groups(prompt_kind: torch.Tensor, num_points: torch.Tensor):
@@ -361,6 +395,7 @@ __all__ = [
     "PLUGIN_METHODS",
     "PLUGIN_ONLY_METHODS",
     "ParallelAdapter",
+    "PromptCollator",
     "PromptedSegmenter",
     "add_parallel_adapters",
     "build_segmenter",
