@@ -52,6 +52,14 @@ HQ_PARAMETER_PREFIXES = (
     "mask_decoder.mask_norm",
 )
 TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
+# The lora method's weights are a peft adapter folder: `PeftModel.from_pretrained(SamModel..., folder)` loads it
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def trainable_weights_name(method: str) -> str:
+    """The weights file that `PromptedSegmenter.save_trainable` writes for `method`."""
+    return PEFT_WEIGHTS_NAME if method == "lora" else TRAINABLE_WEIGHTS_NAME
 
 
 class ParallelAdapter(nn.Module):
@@ -199,14 +207,25 @@ class PromptedSegmenter(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: param.detach() for name, param in self.model.named_parameters() if param.requires_grad}
 
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
     def save_trainable(self, folder: str | Path) -> Path:
-        """Writes the trainable weights only (safetensors): a checkpoint that stays small for any method."""
-        path = Path(folder) / TRAINABLE_WEIGHTS_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Writes the trainable weights only (safetensors): a checkpoint that stays small for any method; for
+        `lora`, peft's adapter folder (`adapter_config.json` + `adapter_model.safetensors`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.is_peft:
+            self.model.save_pretrained(str(folder))
+            return folder / PEFT_WEIGHTS_NAME
+        path = folder / TRAINABLE_WEIGHTS_NAME
         save_file({k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}, str(path))
         return path
 
     def load_trainable(self, folder: str | Path) -> None:
+        if self.is_peft:
+            return self._load_peft_adapter(Path(folder))
         path = Path(folder) / TRAINABLE_WEIGHTS_NAME
         if not path.is_file():
             raise FileNotFoundError(f"No {TRAINABLE_WEIGHTS_NAME} in {folder}.")
@@ -218,6 +237,21 @@ class PromptedSegmenter(nn.Module):
                 f"{path} does not fit the `{self.method}` model: missing {missing[:5]}, unexpected {unexpected[:5]}."
             )
         self.model.load_state_dict(state, strict=False)
+
+    def _load_peft_adapter(self, folder: Path) -> None:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        path = folder / PEFT_WEIGHTS_NAME
+        if not path.is_file() or not (folder / PEFT_CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"No peft adapter ({PEFT_CONFIG_NAME} + {PEFT_WEIGHTS_NAME}) in {folder}.")
+        state = load_file(str(path))
+        expected = set(get_peft_model_state_dict(self.model))
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"{path} does not fit the `{self.method}` model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        set_peft_model_state_dict(self.model, state)
 
     def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encoder outputs for uint8 `images` `(batch_size, 3, size, size)`; no gradient unless the encoder trains."""
@@ -374,16 +408,13 @@ def build_segmenter(method: str, base_model_name_or_path: str | Path, **from_pre
         return PromptedSegmenter(method, model, encoder_trainable=True)
     from peft import LoraConfig, get_peft_model
 
-    _freeze_all_but(model, lambda name: False)
+    # peft trains the heads as `modules_to_save`, one per mask token (SAM indexes the ModuleList, so not the list)
+    heads = [f"{PREDICTION_HEAD_PREFIXES[0]}{i}" for i in range(len(model.mask_decoder.output_hypernetworks_mlps))]
+    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGET_MODULES, modules_to_save=heads)
     with warnings.catch_warnings():
         # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: its warning is not the user's to fix
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        peft_model = get_peft_model(
-            model, LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGET_MODULES)
-        )
-    for name, param in peft_model.named_parameters():
-        if name.removeprefix("base_model.model.").startswith(PREDICTION_HEAD_PREFIXES):
-            param.requires_grad_(True)
+        peft_model = get_peft_model(model, config)
     return PromptedSegmenter(method, peft_model, encoder_trainable=True)
 
 
@@ -402,4 +433,5 @@ __all__ = [
     "collate_prompts",
     "pixel_statistics",
     "segmentation_loss",
+    "trainable_weights_name",
 ]
