@@ -1,6 +1,6 @@
 """Automatic-mask ("mask-generation" pipeline) throughput: StableSamModel against SamModel with the same weights.
 
-    python benchmarks/bench_pipeline.py --setting tiny    # tests/tiny.py's model, 16 x 16 grid (under a minute)
+    python benchmarks/bench_pipeline.py --setting tiny    # testing_utils' tiny SAM, 16 x 16 grid (under a minute)
     python benchmarks/bench_pipeline.py --setting vit_b   # real ViT-B encoder, 8 x 8 grid, 2 iterations (~4 min)
     python benchmarks/bench_pipeline.py                   # both
 
@@ -15,10 +15,8 @@ pre- and post-processing (mask upscaling, filtering, RLE, NMS).
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -26,11 +24,7 @@ import torch
 from transformers import SamConfig, SamModel, pipeline
 
 from stable_sam_hf import StableSamConfig, StableSamImageProcessor, StableSamModel, is_plugin_parameter
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from tiny import tiny_sam_kwargs  # noqa: E402
+from stable_sam_hf.testing_utils import tiny_sam_kwargs
 
 
 @dataclass
@@ -48,7 +42,7 @@ class Setting:
 SETTINGS = {
     "tiny": Setting(
         name="tiny",
-        description="tests/tiny.py (ViT 32 wide, 2 layers, 64 px input, decoder 32 wide)",
+        description="stable_sam_hf.testing_utils (ViT 32 wide, 2 layers, 64 px input, decoder 32 wide)",
         config_kwargs=tiny_sam_kwargs(),
         image_size=64,
         points_per_side=16,

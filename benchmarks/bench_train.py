@@ -23,7 +23,6 @@ from transformers import SamConfig, SamModel
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "training"), str(ROOT / "tests")]
 
 SETTINGS = {
     "tiny": {
@@ -53,12 +52,9 @@ PROMPT_TYPES = ["box", "noisy_box", "points_1", "points_3", "points_5", "points_
 
 def build(setting: str, workdir: Path):
     """A saved base SAM for `setting`, the Stable-SAM segmenter on it and a batch from the real data path."""
-    from train import PromptCollator
-
     from stable_sam_hf.data import SegmentationTrainStream
-    from stable_sam_hf.methods import build_segmenter
-
-    from fixtures import make_hqseg_tree
+    from stable_sam_hf.methods import PromptCollator, build_segmenter
+    from stable_sam_hf.testing_utils import make_hqseg_tree
 
     base = workdir / setting / "sam"
     if not base.exists():
