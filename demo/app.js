@@ -355,7 +355,8 @@ async function main() {
   setStatus("Loading the model…");
   await loadModel();
   setupInteraction();
-  const imageUrl = params.get("image");
+  // A Space built by examples/build_onnx_space.py opens with its sample image
+  const imageUrl = params.get("image") || (meta.sample_image ? modelDir + meta.sample_image : null);
   if (!imageUrl) {
     setStatus("Model loaded: choose an image.");
     return;
