@@ -1,9 +1,7 @@
 """How much of the toy base's prompt gap can training on its decoder side recover?
 
-On SA-1B-like scenes (every object labelled) the plugins gain little; on HQSeg-like ones (one labelled object per
-image, the quickstart's world) they close about half the gaps. This script measures both, on the shipped toy SAM: it
-trains, on cached image embeddings of synthetic scenes (no augmentation, so hundreds of steps take a minute or two),
-the Stable-SAM plugins (once per `--projection_lr_scales` value) and, as an upper bound for anything that leaves the
+On the shipped toy SAM, this trains, on cached image embeddings of synthetic scenes (no augmentation), the
+Stable-SAM plugins (once per `--projection_lr_scales` value) and, as an upper bound for anything that leaves the
 image encoder frozen, the whole mask decoder (30 times the plugins' parameters); `--methods ... heads` adds SAM's mask
 heads alone (the part of the LoRA and adapter baselines outside the encoder), `--methods ... full` the whole model,
 encoder included (trained on pixels, so slower). It reports held-out mIoU per prompt type on both synthetic
@@ -13,7 +11,7 @@ offsets move. `--scene_config` changes the scenes (training and held-out alike) 
 world; `--object_features` adds a mark of each object to the image features (an oracle the decoder first learns to read
 in `--base_decoder_steps` of clean-prompt training) to ask how they depend on the features.
 
-    python toy/toy_headroom.py                       # 12.5 minutes on 2 CPU cores
+    python toy/toy_headroom.py
     python toy/toy_headroom.py --methods stable decoder full   # and the whole model
     python toy/toy_headroom.py --max_train_steps 1600 --projection_lr_scales 0.1   # the paper's budget
     python toy/toy_headroom.py --projection_lr_scales 0.1 --methods stable --plugin_layers 0 1 --offset_range 4
@@ -23,7 +21,7 @@ in `--base_decoder_steps` of clean-prompt training) to ask how they depend on th
     python toy/toy_headroom.py --projection_lr_scales 0.1 --base_decoder_steps 3000 --base_decoder_lr 3e-4 \
         --object_features 1      # features that mark each object; without --object_features: the control
 
-`tests/test_plugin_training.py` runs the same loop on a reduced budget.
+`tests/test_plugin_training.py` runs the same loop on a reduced budget; what it found is in docs/toy-demo.md.
 """
 
 import json
@@ -128,7 +126,7 @@ class ToyHeadroomArguments:
         default_factory=list,
         metadata={
             "help": "Scene generator knobs for training and held-out scenes, `name=value` (SceneConfig fields), "
-            "e.g. `p_similar_colour=0 p_two_tone=0`: how the gaps change in a less ambiguous world."
+            "e.g. `p_similar_colour=0 p_two_tone=0`."
         },
     )
 

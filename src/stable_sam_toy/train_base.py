@@ -6,7 +6,7 @@ embedding grid) and SAM's mask decoder width (256), so the Stable-SAM plugins on
 and boxes with a few points; never noisy boxes or single points. Its held-out mIoU under GT boxes, noisy boxes, 1 and
 3 points is logged as it trains.
 
-Two details decide whether a SAM trained from scratch uses its prompts at all (see the project's NOTES.md):
+Two details decide whether a SAM trained from scratch uses its prompts at all:
 transformers draws the shared random-Fourier positional embedding (`shared_image_embedding.positional_embedding`)
 with standard deviation `vision_config.hidden_size // 2`, where SAM uses 1; this script redraws it with std 1 and
 keeps it frozen (a buffer in SAM). `SamVisionConfig.initializer_range` defaults to 1e-10; it is set to 0.02.
