@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file
 from transformers import SamModel
 
 from stable_sam_hf import StableSamModel
-from stable_sam_hf.methods import METHODS, TRAINABLE_WEIGHTS_NAME
+from stable_sam_hf.methods import METHODS, TRAINABLE_WEIGHTS_NAME, build_segmenter, trainable_weights_name
 
 from fixtures import make_hqseg_tree
 from processes import run_distributed, run_process
@@ -104,7 +107,8 @@ def test_every_method_trains_its_own_parameters(workspace, tmp_path, method):
     assert summary["method"] == method and summary["steps"] == 2
     assert len(summary["losses"]) == 2 and all(loss > 0 for loss in summary["losses"])
 
-    trained = load_file(str(tmp_path / TRAINABLE_WEIGHTS_NAME))
+    trained = load_file(str(tmp_path / trainable_weights_name(method)))
+    assert set(summary["files"]) >= {trainable_weights_name(method)}
     base = SamModel.from_pretrained(workspace / "sam").state_dict()
     moved = [name for name, tensor in trained.items() if name in base and not torch.equal(tensor, base[name])]
     new = [name for name in trained if name not in base]
@@ -135,6 +139,13 @@ def test_every_method_trains_its_own_parameters(workspace, tmp_path, method):
     elif method == "lora":
         assert any("lora_A" in name for name in new) and any("output_hypernetworks_mlps" in name for name in trained)
         assert not any(name.startswith("base_model.model.vision_encoder") and "lora" not in name for name in trained)
+        # A peft adapter folder: peft itself loads it on SAM, the mask heads as its modules_to_save
+        model = PeftModel.from_pretrained(SamModel.from_pretrained(workspace / "sam"), tmp_path)
+        heads = model.base_model.model.mask_decoder.output_hypernetworks_mlps
+        assert isinstance(heads[0], ModulesToSaveWrapper)
+        trained_head = trained["base_model.model.mask_decoder.output_hypernetworks_mlps.0.proj_in.weight"]
+        assert torch.equal(heads[0].modules_to_save["default"].proj_in.weight, trained_head)
+        assert not torch.equal(trained_head, base["mask_decoder.output_hypernetworks_mlps.0.proj_in.weight"])
     elif method == "adapter":
         assert any(".adapter." in name for name in new)
         assert all(".adapter." in name or "output_hypernetworks_mlps" in name for name in trained)
@@ -223,8 +234,15 @@ def test_resume_after_kill_matches_uninterrupted_run(workspace, tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert not (interrupted / "training_summary.json").exists(), "the run finished before it was killed"
+    # What a save killed part-way left before checkpoints were renamed when complete, and an unfinished new-style one
+    (interrupted / "checkpoint-100").mkdir()
+    (interrupted / "checkpoint-100" / "optimizer.bin").write_bytes(b"")
+    (interrupted / "checkpoint-8.incomplete").mkdir()
 
-    _run(_train_args(workspace, interrupted, *steps, "--resume_from_checkpoint", "latest"))
+    result = _run(_train_args(workspace, interrupted, *steps, "--resume_from_checkpoint", "latest"))
+    assert "Skipping the incomplete checkpoint" in result.stderr and "checkpoint-100" in result.stderr
+    assert "checkpoint-8.incomplete: a checkpoint whose save did not finish" in result.stderr
+    assert (interrupted / "checkpoint-8").is_dir() and not (interrupted / "checkpoint-8.incomplete").exists()
     straight = load_file(str(tmp_path / "straight" / TRAINABLE_WEIGHTS_NAME))
     resumed = load_file(str(interrupted / TRAINABLE_WEIGHTS_NAME))
     assert straight.keys() == resumed.keys()
@@ -236,9 +254,100 @@ def test_resume_after_kill_matches_uninterrupted_run(workspace, tmp_path):
     # 32 samples go past one epoch of the fixture: every bad sample was skipped and counted, by reason
     for reason in ("unreadable_image", "size_mismatch", "empty_mask"):
         assert straight_summary["skipped"][reason] >= 1, reason
-    straight_losses = straight_summary["losses"]
-    resumed_losses = json.loads((interrupted / "training_summary.json").read_text())["losses"]
-    assert resumed_losses == pytest.approx(straight_losses[-len(resumed_losses) :], abs=1e-5)
+    # The resumed run's summary describes the whole run: every step's loss, every skipped sample
+    resumed_summary = json.loads((interrupted / "training_summary.json").read_text())
+    assert resumed_summary["steps"] == straight_summary["steps"] == 8
+    assert resumed_summary["losses"] == pytest.approx(straight_summary["losses"], abs=1e-5)
+    assert resumed_summary["skipped"] == straight_summary["skipped"]
+
+
+def test_checkpoint_killed_while_written_is_never_resumed(tmp_path):
+    sys.path.insert(0, str(TRAIN.parent))
+    import train  # noqa: E402
+
+    accelerator = Accelerator(cpu=True)
+    real_save_state = accelerator.save_state
+
+    def killed_save_state(output_dir):
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "optimizer.bin").write_bytes(b"half")
+        raise KeyboardInterrupt  # the process dies here
+
+    accelerator.save_state = killed_save_state
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(accelerator, tmp_path, 4, limit=None)
+    assert not (tmp_path / "checkpoint-4").exists()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train.find_checkpoint(tmp_path, "latest")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint of this script: it lacks"):
+        train.find_checkpoint(tmp_path, str(tmp_path / "checkpoint-4.incomplete"))
+    accelerator.save_state = real_save_state
+
+
+def test_new_run_into_a_run_folder_must_resume_or_overwrite(workspace, tmp_path):
+    _run(_train_args(workspace, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "1"))
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    assert {"checkpoint-1", "checkpoint-2", "config.json", "trainable.safetensors"} <= set(before)
+
+    args = _train_args(
+        workspace, tmp_path, "--method", "heads", "--max_train_steps", "2", "--checkpointing_steps", "0"
+    )
+    refused = run_process([sys.executable, str(TRAIN), *args], env=_env(), cwd=ROOT)
+    assert refused.returncode != 0
+    assert "--resume_from_checkpoint latest" in refused.stderr and "--overwrite_output_dir" in refused.stderr
+    assert "step 1:" not in refused.stderr  # stopped before training
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+    _run([*args, "--overwrite_output_dir"])
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["method"] == "heads" and len(summary["losses"]) == 2
+    # The earlier run's checkpoints and the files its final save wrote are gone; the user's file is not
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "notes.txt",
+        "trainable.safetensors",
+        "training_summary.json",
+    ]
+    assert all(
+        name.startswith("mask_decoder.output_hypernetworks_mlps.")
+        for name in load_file(str(tmp_path / "trainable.safetensors"))
+    )
+
+
+def test_unwritable_output_dir_stops_before_the_first_step(workspace, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    args = _train_args(workspace, tmp_path / "a_file" / "run", "--max_train_steps", "2", "--checkpointing_steps", "0")
+    result = run_process([sys.executable, str(TRAIN), *args], env=_env(), cwd=ROOT)
+    assert result.returncode != 0
+    assert f"`output_dir` {tmp_path / 'a_file' / 'run'} is not a folder this run can write to" in result.stderr
+    assert "step 1:" not in result.stderr
+
+
+def test_lora_run_folder_loads_with_peft_and_reproduces_the_trained_model(workspace, tmp_path):
+    segmenter = build_segmenter("lora", workspace / "sam")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # stands for training: every trainable tensor moves
+        for param in segmenter.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+    assert isinstance(segmenter.sam.mask_decoder.output_hypernetworks_mlps[0], ModulesToSaveWrapper)
+    segmenter.save_trainable(tmp_path)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in tmp_path.iterdir()}
+
+    inputs = {
+        "pixel_values": torch.randn(1, 3, 64, 64, generator=generator),
+        "input_boxes": torch.tensor([[[4.0, 6.0, 40.0, 50.0]]]),
+    }
+    loaded = PeftModel.from_pretrained(SamModel.from_pretrained(workspace / "sam"), tmp_path).eval()
+    segmenter.eval()
+    with torch.no_grad():
+        expected = segmenter.model(**inputs)
+        actual = loaded(**inputs)
+    torch.testing.assert_close(actual.pred_masks, expected.pred_masks)
+    torch.testing.assert_close(actual.iou_scores, expected.iou_scores)
+    fresh = SamModel.from_pretrained(workspace / "sam").eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(**inputs).pred_masks, expected.pred_masks, atol=1e-3)
 
 
 def test_two_processes_agree_with_one(workspace, tmp_path):

@@ -8,14 +8,19 @@ weight decay, a total batch of 32, one epoch. Runs on a CPU, one GPU or many thr
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 training/train.py ...  # two CPU processes
 
 Streaming has no length, so training runs for `--max_train_steps` optimizer steps (default: one epoch of
-HQSeg-44K, 44,320 samples / 32 = 1,385 steps). Checkpoints (`save_state`) hold the trainable weights only.
+HQSeg-44K, 44,320 samples / 32 = 1,385 steps). Checkpoints (`save_state`) hold the trainable weights only, are
+written to `checkpoint-N.incomplete` and renamed `checkpoint-N` when complete; `--resume_from_checkpoint latest`
+continues from the newest complete one. A folder that already holds a run is refused unless the run resumes or
+`--overwrite_output_dir` is given (which removes only what a run of this script wrote). See docs/training.md.
 """
 
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -23,14 +28,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import OPTIMIZER_NAME, RNG_STATE_NAME, SCHEDULER_NAME, set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_scheduler
 
 from stable_sam_hf.data import SkipCounter, TrainStreamArguments, build_train_dataset
 from stable_sam_hf.methods import (
     METHODS,
+    PEFT_WEIGHTS_NAME,
     PLUGIN_ONLY_METHODS,
+    TRAINABLE_WEIGHTS_NAME,
     PromptCollator,
     build_segmenter,
     optimizer_parameter_groups,
@@ -43,6 +50,12 @@ logger = get_logger(__name__)
 
 HQSEG44K_TRAIN_SAMPLES = 44_320
 STATE_FILE = "training_state.json"
+SUMMARY_FILE = "training_summary.json"
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+# A checkpoint is written under this suffix and renamed when complete
+INCOMPLETE_SUFFIX = ".incomplete"
+# What accelerate's save_state and the save hook write into every checkpoint, besides the trainable weights
+CHECKPOINT_FILES = (STATE_FILE, f"{OPTIMIZER_NAME}.bin", f"{SCHEDULER_NAME}.bin", f"{RNG_STATE_NAME}_0.pkl")
 
 
 @dataclass
@@ -106,7 +119,18 @@ class RecipeArguments:
     checkpointing_steps: int = field(default=500, metadata={"help": "save_state every N optimizer steps (0: never)."})
     checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted)."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' or a checkpoint folder written by this script."}
+        default=None,
+        metadata={
+            "help": "'latest' (the newest complete checkpoint-N in output_dir; incomplete ones are skipped with a "
+            "warning) or a checkpoint folder written by this script."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an output_dir that holds a run of this script: its checkpoints and the files "
+            "its final save wrote are removed first (nothing else). Without it such a folder must be resumed."
+        },
     )
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker ('none' for none)."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss and lr every N optimizer steps."})
@@ -135,6 +159,8 @@ class RecipeArguments:
             raise ValueError("`prompt_types` must name at least one prompt type.")
         for prompt_type in self.prompt_types:
             parse_prompt_type(prompt_type)
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise ValueError("`overwrite_output_dir` and `resume_from_checkpoint` exclude each other; pass one.")
 
 
 def cpu_thread_advice(device_type: str, num_processes: int, threads: int, cores: int) -> str | None:
@@ -153,40 +179,158 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def save_trainable_hooks(accelerator: Accelerator):
-    """Checkpoints hold the trainable weights only (the frozen SAM is the base checkpoint)."""
+class TrainingProgress:
+    """What a checkpoint holds besides weights, optimizer, scheduler and RNG states: the optimizer steps done, the
+    loss of each step and the samples skipped so far, so that a resumed run's summary covers the whole run."""
+
+    def __init__(self):
+        self.completed_steps = 0
+        self.losses: list[float] = []
+        self.skipped = SkipCounter()
+
+    def state_dict(self) -> dict:
+        return {"completed_steps": self.completed_steps, "losses": self.losses, "skipped": self.skipped.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.completed_steps = int(state["completed_steps"])
+        self.losses = [float(loss) for loss in state.get("losses", [])]
+        self.skipped.load_state_dict(state["skipped"])
+        if len(self.losses) != self.completed_steps:
+            raise ValueError(
+                f"A checkpoint's {STATE_FILE} holds {len(self.losses)} step losses for {self.completed_steps} steps."
+            )
+
+
+def register_checkpoint_hooks(accelerator: Accelerator, progress: TrainingProgress) -> None:
+    """Checkpoints hold the trainable weights only (the frozen SAM is the base checkpoint) and `progress`."""
 
     def save_hook(models, weights, output_dir):
-        for model in models:
-            accelerator.unwrap_model(model).save_trainable(output_dir)
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_trainable(output_dir)
+            # JSON through the hook rather than register_for_checkpointing: accelerate unpickles custom state unsafely
+            (Path(output_dir) / STATE_FILE).write_text(json.dumps(progress.state_dict()))
         weights.clear()
 
     def load_hook(models, input_dir):
         while models:
             accelerator.unwrap_model(models.pop()).load_trainable(input_dir)
+        state_file = Path(input_dir) / STATE_FILE
+        try:
+            progress.load_state_dict(json.loads(state_file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{state_file} is not a training state of this script: {error}") from error
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def missing_checkpoint_files(checkpoint: Path) -> list[str]:
+    """The files a complete checkpoint of this script holds that `checkpoint` lacks."""
+    missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
+    weights = (TRAINABLE_WEIGHTS_NAME, PEFT_WEIGHTS_NAME)
+    if not any((checkpoint / name).is_file() for name in weights):
+        missing.append(" or ".join(weights))
+    return missing
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, oldest step first (incomplete ones included)."""
+    folders = [path for path in output_dir.glob("checkpoint-*") if path.is_dir()]
+    folders = [path for path in folders if CHECKPOINT_PATTERN.fullmatch(path.name)]
+    return sorted(folders, key=lambda path: int(path.name.split("-")[1]))
+
+
 def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path:
+    """The checkpoint to resume from: a named folder (which must be complete), or for 'latest' the newest complete
+    `checkpoint-N` of `output_dir`; incomplete ones (a save that was killed) are skipped with a warning."""
     if resume_from_checkpoint != "latest":
         path = Path(resume_from_checkpoint)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"`resume_from_checkpoint` {path} is not a checkpoint of this script.")
+        if not path.is_dir():
+            raise FileNotFoundError(f"`resume_from_checkpoint` {path} is not a folder.")
+        missing = missing_checkpoint_files(path)
+        if missing:
+            raise FileNotFoundError(
+                f"`resume_from_checkpoint` {path} is not a complete checkpoint of this script: it lacks {missing}."
+            )
         return path
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
-        raise FileNotFoundError(f"`resume_from_checkpoint` is 'latest' but {output_dir} has no checkpoint-* folder.")
-    return checkpoints[-1]
+    for partial in sorted(output_dir.glob(f"checkpoint-*{INCOMPLETE_SUFFIX}")):
+        logger.warning(f"Skipping {partial}: a checkpoint whose save did not finish.")
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        missing = missing_checkpoint_files(checkpoint)
+        if not missing:
+            return checkpoint
+        logger.warning(f"Skipping the incomplete checkpoint {checkpoint}: it lacks {missing}.")
+    raise FileNotFoundError(
+        f"`resume_from_checkpoint` is 'latest' but {output_dir} has no complete checkpoint-* folder."
+    )
 
 
 def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
     if limit is None:
         return
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # Complete checkpoints only: an incomplete one never stands in for a newer complete one
+    checkpoints = [path for path in list_checkpoints(output_dir) if not missing_checkpoint_files(path)]
     for old in checkpoints[: max(0, len(checkpoints) - limit)]:
         shutil.rmtree(old)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raises before any training when `output_dir` is not a folder this process can create and write to."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"`output_dir` {output_dir} exists and is not a folder.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"`output_dir` {output_dir} is not a folder this run can write to: {error}") from error
+
+
+def previous_run(output_dir: Path) -> list[Path]:
+    """What an earlier run of this script left in `output_dir`: checkpoints (complete or not) and its summary."""
+    partial = [path for path in output_dir.glob(f"checkpoint-*{INCOMPLETE_SUFFIX}") if path.is_dir()]
+    summary = [output_dir / SUMMARY_FILE] if (output_dir / SUMMARY_FILE).is_file() else []
+    return [*list_checkpoints(output_dir), *partial, *summary]
+
+
+def remove_previous_run(output_dir: Path) -> None:
+    """Removes the checkpoints of an earlier run and the files its final save wrote (listed in its summary)."""
+    written = []
+    if (output_dir / SUMMARY_FILE).is_file():
+        try:
+            written = json.loads((output_dir / SUMMARY_FILE).read_text()).get("files", [])
+        except ValueError as error:
+            raise ValueError(
+                f"{output_dir / SUMMARY_FILE} is not a training summary of this script: {error}"
+            ) from error
+    for path in previous_run(output_dir):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for name in written:
+        path = output_dir / name
+        if Path(name).name == name and path.is_file():
+            path.unlink()
+    logger.info(
+        f"--overwrite_output_dir: removed the earlier run's checkpoints and {len(written)} files of {output_dir}"
+    )
+
+
+def refuse_previous_run(output_dir: Path, args: "RecipeArguments") -> bool:
+    """Whether `output_dir` holds an earlier run that `--overwrite_output_dir` asked to remove; raises when it holds
+    one and the arguments neither resume nor overwrite it."""
+    found = previous_run(output_dir)
+    if not found or args.resume_from_checkpoint:
+        return False
+    if not args.overwrite_output_dir:
+        names = ", ".join(path.name for path in found[:5])
+        raise FileExistsError(
+            f"`output_dir` {output_dir} already holds a training run ({names}). Pass --resume_from_checkpoint latest "
+            "to continue it, or --overwrite_output_dir to start a new run there."
+        )
+    return True
 
 
 def main(argv=None):
@@ -217,6 +361,15 @@ def main(argv=None):
     if advice:
         logger.warning(advice)
 
+    # Before any model or data is loaded: a folder that cannot hold the results, or holds another run, stops here
+    check_output_dir(project_dir)
+    overwrite = refuse_previous_run(project_dir, args)
+    checkpoint = find_checkpoint(project_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    accelerator.wait_for_everyone()
+    if overwrite and accelerator.is_main_process:
+        remove_previous_run(project_dir)
+    accelerator.wait_for_everyone()
+
     segmenter = build_segmenter(model_args.method, model_args.base_model)
     image_size = segmenter.sam.config.vision_config.image_size
     if data_args.output_size != image_size:
@@ -240,17 +393,8 @@ def main(argv=None):
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    save_trainable_hooks(accelerator)
-
-    completed_steps = 0
-    skipped = SkipCounter()
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(project_dir, args.resume_from_checkpoint)
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        completed_steps = state["completed_steps"]
-        skipped.load_state_dict(state["skipped"])
-        micro_batches = completed_steps * accelerator.gradient_accumulation_steps * accelerator.num_processes
-        dataset.resume_from(micro_batches * args.per_device_train_batch_size, args.per_device_train_batch_size)
+    progress_state = TrainingProgress()
+    register_checkpoint_hooks(accelerator, progress_state)
 
     dataloader = torch.utils.data.DataLoader(
         dataset,
@@ -259,9 +403,14 @@ def main(argv=None):
         num_workers=args.dataloader_num_workers,
     )
     segmenter, optimizer, dataloader, scheduler = accelerator.prepare(segmenter, optimizer, dataloader, scheduler)
-    if args.resume_from_checkpoint:
+    if checkpoint is not None:
+        # The hooks restore the trainable weights and `progress_state`; the stream then skips what was consumed
         accelerator.load_state(str(checkpoint))
-        logger.info(f"Resumed from {checkpoint} at step {completed_steps}")
+        micro_batches = progress_state.completed_steps * accelerator.gradient_accumulation_steps
+        micro_batches *= accelerator.num_processes
+        dataset.resume_from(micro_batches * args.per_device_train_batch_size, args.per_device_train_batch_size)
+        logger.info(f"Resumed from {checkpoint} at step {progress_state.completed_steps}")
+    completed_steps, skipped, losses = progress_state.completed_steps, progress_state.skipped, progress_state.losses
 
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers(
@@ -276,7 +425,7 @@ def main(argv=None):
     progress = tqdm(total=args.max_train_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
     segmenter.train()
     running_loss, running_count = 0.0, 0
-    step_loss, step_count, losses = 0.0, 0, []
+    step_loss, step_count = 0.0, 0
     for batch in dataloader:
         skipped.update(accelerator.gather(batch.pop("skipped")).sum(0))
         with accelerator.accumulate(segmenter):
@@ -293,6 +442,7 @@ def main(argv=None):
         if not accelerator.sync_gradients:
             continue
         completed_steps += 1
+        progress_state.completed_steps = completed_steps
         losses.append(step_loss / step_count)
         step_loss, step_count = 0.0, 0
         progress.update(1)
@@ -303,7 +453,7 @@ def main(argv=None):
             logger.info(f"step {completed_steps}: loss {logs['loss']:.4f}, lr {logs['lr']:.2e}")
             running_loss, running_count = 0.0, 0
         if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, project_dir, completed_steps, skipped, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, project_dir, completed_steps, args.checkpoints_total_limit)
         if completed_steps >= args.max_train_steps:
             break
     progress.close()
@@ -319,13 +469,25 @@ def main(argv=None):
     return completed_steps
 
 
-def save_checkpoint(
-    accelerator: Accelerator, project_dir: Path, step: int, skipped: SkipCounter, limit: int | None
-) -> None:
+def save_checkpoint(accelerator: Accelerator, project_dir: Path, step: int, limit: int | None) -> None:
+    """`save_state` into `checkpoint-N.incomplete`, renamed `checkpoint-N` once every process has written its part."""
     checkpoint = project_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(checkpoint))
+    partial = project_dir / f"{checkpoint.name}{INCOMPLETE_SUFFIX}"
+    if accelerator.is_main_process and partial.exists():
+        # A save of this step that was killed earlier
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (checkpoint / STATE_FILE).write_text(json.dumps({"completed_steps": step, "skipped": skipped.state_dict()}))
+        if checkpoint.exists():
+            # This step's checkpoint of the run being resumed from an earlier one: replaced by the new save
+            replaced = partial.with_name(f"{checkpoint.name}.replaced")
+            checkpoint.rename(replaced)
+            partial.rename(checkpoint)
+            shutil.rmtree(replaced)
+        else:
+            partial.rename(checkpoint)
         rotate_checkpoints(project_dir, limit)
     accelerator.wait_for_everyone()
 
@@ -333,20 +495,32 @@ def save_checkpoint(
 def save_final(
     segmenter, project_dir: Path, model_args: ModelArguments, steps: int, skipped: SkipCounter, losses: list[float]
 ) -> None:
-    """Trainable weights of any method, plus a loadable StableSamModel folder for plugins-only methods."""
-    segmenter.save_trainable(project_dir)
-    if model_args.method in PLUGIN_ONLY_METHODS:
-        model = segmenter.sam
-        model.config.base_model_name_or_path = model_args.base_model
-        model.save_pretrained(project_dir)
+    """Trainable weights of any method (a peft adapter for lora), plus a loadable StableSamModel folder for
+    plugins-only methods, and last `training_summary.json`, which lists the files written."""
+    with tempfile.TemporaryDirectory(dir=project_dir, prefix=".final-") as staging:
+        staging = Path(staging)
+        segmenter.save_trainable(staging)
+        if model_args.method in PLUGIN_ONLY_METHODS:
+            model = segmenter.sam
+            model.config.base_model_name_or_path = model_args.base_model
+            model.save_pretrained(staging)
+        # Written aside, then moved in file by file: the run's files are known, and a failed save leaves none
+        files = sorted(path.name for path in staging.iterdir())
+        if any((staging / name).is_dir() for name in files):
+            raise RuntimeError(f"The final save wrote folders into {staging}: {files}.")
+        for name in files:
+            os.replace(staging / name, project_dir / name)
     summary = {
         "method": model_args.method,
         "base_model": model_args.base_model,
         "steps": steps,
         "skipped": skipped.as_dict(),
         "losses": losses,
+        "files": files,
     }
-    (project_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    partial = project_dir / f"{SUMMARY_FILE}{INCOMPLETE_SUFFIX}"
+    partial.write_text(json.dumps(summary, indent=2))
+    os.replace(partial, project_dir / SUMMARY_FILE)
     logger.info(f"Saved the trained `{model_args.method}` weights to {project_dir}")
 
 
