@@ -274,3 +274,89 @@ def test_toy_model_runs_every_protocol(kinds_workspace, tmp_path):
     assert interactive["num_objects"] == 4 and len(interactive["mIoU_curve"]) == 3
     assert {r["prompt_type"] for r in rows} >= {"box", "noisy_box@0.6", "points_5", "interactive"}
     shutil.rmtree(output_dir)
+
+
+def _write_coco_set(root: Path) -> tuple[Path, Path]:
+    """One 40 x 56 image with two rectangles (one annotated by polygon, one by RLE) and an empty annotation."""
+    from pycocotools import mask as mask_utils
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    pixels = np.full((40, 56, 3), 30, dtype=np.uint8)
+    pixels[5:20, 4:24] = 200
+    pixels[22:36, 30:50] = 120
+    Image.fromarray(pixels).save(images / "scene.png")
+    second = np.asfortranarray(_rectangle(40, 56, 22, 30, 35, 49).astype(np.uint8))
+    rle = mask_utils.encode(second)
+    rle["counts"] = rle["counts"].decode("ascii")
+    annotations = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "area": 300.0,
+            "bbox": [4, 5, 20, 15],
+            "segmentation": [[4, 5, 23, 5, 23, 19, 4, 19]],
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "area": 280.0,
+            "bbox": [30, 22, 20, 14],
+            "segmentation": rle,
+        },
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "area": 0.0,
+            "bbox": [0, 0, 0, 0],
+            "segmentation": [[0, 0, 0, 0, 0, 0]],
+        },
+    ]
+    path = root / "instances.json"
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "scene.png", "height": 40, "width": 56}],
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "thing"}],
+            }
+        )
+    )
+    return path, images
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_coco_format_objects_run_the_per_object_protocols(kinds_workspace, tmp_path):
+    annotations, images = _write_coco_set(tmp_path / "coco")
+    output_dir = tmp_path / "out"
+    evaluate_model.main(
+        [
+            *("--models", f"sam=sam:{kinds_workspace / 'sam'}", f"stable=stable:{kinds_workspace / 'stable'}"),
+            *("--coco_annotations", str(annotations), "--coco_images", str(images), "--coco_per_object"),
+            *("--output_dir", str(output_dir), "--protocol", "prompts", "interactive", "--prompt_types", "box"),
+            *("--max_clicks", "2", "--bootstrap_resamples", "0"),
+        ]
+    )
+    rows = json.loads((output_dir / "results.json").read_text())["rows"]
+    cells = {(r["model"], r["dataset"], r["prompt_type"]): r for r in rows}
+    for model in ("sam", "stable"):
+        for prompt_type in ("box", "interactive"):
+            row = cells[(model, "COCO-objects", prompt_type)]
+            assert row["num_objects"] == 2 and row["num_skipped"] == 1
+        assert cells[(model, "COCO", "coco_noisy_box")]["mAP"] is not None
+    first_clicks = {
+        (r["id"], tuple(r["clicks"][0]))
+        for r in _records(output_dir)
+        if r["dataset"] == "COCO-objects" and r["prompt_type"] == "interactive"
+    }
+    # The rectangles' centres, one per object, the same for both models: object 2 (rows 22-35, columns 30-49) is 7
+    # pixels deep first at row 28, column 36; object 1's polygon rasterises to rows 5-18, columns 4-23
+    assert first_clicks == {("1", (10, 11, 1)), ("2", (36, 28, 1))}
+    with pytest.raises(ValueError, match="coco_per_object"):
+        evaluate_model.parse_args(["--models", "x", "--output_dir", "o", "--dataset", "d", "--coco_per_object"])

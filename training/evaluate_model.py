@@ -70,6 +70,7 @@ from stable_sam_hf.evaluation_report import (
     INTERACTIVE,
     markdown_tables,
     write_csv,
+    write_markdown,
     write_plots,
     write_results_json,
 )
@@ -89,6 +90,8 @@ PROTOCOLS = {
     "sweep": "noisy-box mIoU at noise scales 0.1 to 0.6 (prompt types noisy_box@<scale>) and point mIoU with 1 to 5 "
     "points (points_1 .. points_5), one curve per model",
 }
+# The COCO-format objects as a dataset of the per-object protocols (`--coco_per_object`)
+COCO_OBJECTS = "COCO-objects"
 SWEEP_NOISE_SCALES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 SWEEP_POINTS = (1, 2, 3, 4, 5)
 
@@ -149,6 +152,13 @@ class EvaluationArguments:
         default=None, metadata={"help": "COCO instances JSON (e.g. instances_val2017.json) for mask mAP."}
     )
     coco_images: str | None = field(default=None, metadata={"help": "Folder of the COCO annotation file's images."})
+    coco_per_object: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run --protocol on each COCO-format object (any instance set: GrabCut-, Berkeley-, DAVIS- or "
+            "SBD-style annotations as COCO JSON), reported as the dataset COCO-objects beside the HQ subsets."
+        },
+    )
     coco_max_images: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N COCO images (by image id)."}
     )
@@ -176,6 +186,8 @@ class EvaluationArguments:
             raise ValueError("Nothing to evaluate: give `dataset` and/or `coco_annotations` with `coco_images`.")
         if (self.coco_annotations is None) != (self.coco_images is None):
             raise ValueError("`coco_annotations` and `coco_images` go together.")
+        if self.coco_per_object and self.coco_annotations is None:
+            raise ValueError("`coco_per_object` needs `coco_annotations` and `coco_images`.")
         if not self.prompt_types:
             raise ValueError("`prompt_types` must name at least one prompt type.")
         for prompt_type in self.prompt_types:
@@ -320,9 +332,11 @@ def evaluate_hq_object(
     image: torch.Tensor,
     mask: torch.Tensor,
     missing: list[tuple[float | None, str]],
+    encoding=None,
 ) -> list[dict[str, Any]]:
-    """Records of one object for the `(routing_weight, prompt_type)` pairs in `missing`; the encoder runs once."""
-    encoding = predictor.encode(image)
+    """Records of one object for the `(routing_weight, prompt_type)` pairs in `missing`; the encoder runs once (or
+    not at all when the image's `encoding` is given)."""
+    encoding = predictor.encode(image) if encoding is None else encoding
     prompts = {}
     records = []
     for routing_weight, prompt_type in missing:
@@ -552,6 +566,70 @@ def evaluate_coco(
     return records, image_ids, dict(zip(counts, totals.tolist()))
 
 
+def evaluate_coco_objects(
+    accelerator: Accelerator,
+    predictor: SamPredictor,
+    spec: ModelSpec,
+    args: EvaluationArguments,
+    coco,
+    done: dict[tuple, dict],
+    writer: RecordWriter,
+) -> tuple[list[dict[str, Any]], SkipCounter]:
+    """The per-object protocols on the COCO-format objects (dataset `COCO_OBJECTS`), gathered, and the skips."""
+    from PIL import Image
+
+    key = run_key(spec, args, args.coco_annotations)
+    variants = [None] + (list(args.routing_weight or []) if predictor.is_stable else [])
+    wanted = [
+        (weight, prompt_type)
+        for weight in variants
+        for prompt_type in dataset_prompt_types(args)
+        if weight is None or prompt_type != INTERACTIVE
+    ]
+    image_ids = sorted(coco.getImgIds())
+    if args.coco_max_images is not None:
+        image_ids = image_ids[: args.coco_max_images]
+    counter, mine = SkipCounter(), []
+    progress = tqdm(desc=f"{spec.name} {COCO_OBJECTS}", unit="image", disable=not accelerator.is_local_main_process)
+    for image_id in image_ids[accelerator.process_index :: accelerator.num_processes]:
+        objects, empty = coco_objects(coco, image_id)
+        for _ in range(empty):
+            counter.add("empty_mask")
+        keys = {
+            (obj.annotation_id, pair): (key, spec.name, pair[0], COCO_OBJECTS, str(obj.annotation_id), pair[1])
+            for obj in objects
+            for pair in wanted
+        }
+        encoding = None
+        for obj in objects:
+            missing = [pair for pair in wanted if keys[(obj.annotation_id, pair)] not in done]
+            if missing and encoding is None:
+                info = coco.loadImgs([image_id])[0]
+                path = Path(args.coco_images) / info["file_name"]
+                try:
+                    image = torch.from_numpy(_rgb_array(Image.open(path))).permute(2, 0, 1).contiguous()  # 3 x H x W
+                except OSError as error:
+                    counter.add("unreadable_image", len(objects))
+                    logger.warning(f"Skipping COCO image {path}: {error}", main_process_only=False)
+                    break
+                encoding = predictor.encode(image)
+            if missing:
+                new = evaluate_hq_object(
+                    predictor, spec, args, key, COCO_OBJECTS, str(obj.annotation_id), None, obj.mask, missing, encoding
+                )
+                for record in new:
+                    writer.write(record)
+                    done[record_key(record)] = record
+            mine.extend(done[keys[(obj.annotation_id, pair)]] for pair in wanted)
+        progress.update(1)
+    progress.close()
+    records = accelerator.gather_for_metrics(mine, use_gather_object=True)
+    total = accelerator.reduce(counter.to_tensor().to(accelerator.device), reduction="sum").cpu()
+    skipped = SkipCounter()
+    skipped.update(total)
+    return records, skipped
+
+
 def _rgb_array(image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
@@ -769,6 +847,11 @@ def main(argv=None) -> list[dict[str, Any]]:
             if accelerator.is_main_process:
                 coco_ap[spec.name] = coco_mask_ap(coco, [r["detection"] for r in model_records], image_ids)
             coco_skipped[spec.name] = left_out["empty_mask"]
+            if args.coco_per_object:
+                model_records, skipped.setdefault(spec.name, {})[COCO_OBJECTS] = evaluate_coco_objects(
+                    accelerator, predictor, spec, args, coco, done, writer
+                )
+                records.extend(model_records)
             if left_out["exact_box"]:
                 logger.info(f"COCO: {left_out['exact_box']} objects had no noisy box in the IoU band: exact box used")
         del model, predictor
@@ -784,7 +867,7 @@ def main(argv=None) -> list[dict[str, Any]]:
         rows = summarize_records(records, specs, args, skipped, coco_ap, coco_skipped)
         write_csv(rows, output_dir / "results.csv")
         table = markdown_tables(rows, specs, args, dataset_prompt_types(args))
-        (output_dir / "results.md").write_text(table)
+        write_markdown(table, output_dir / "results.md")
         (output_dir / "run_config.json").write_text(
             json.dumps({**asdict(args), "model_ids": {s.name: s.model_id for s in specs}}, indent=2)
         )

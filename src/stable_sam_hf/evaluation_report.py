@@ -59,11 +59,19 @@ def _format(value, digits: int = 1) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
+    """The rows' `CSV_COLUMNS`, written atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({column: _csv_value(row[column]) for column in CSV_COLUMNS})
+    os.replace(temporary, path)
+
+
+def write_markdown(text: str, path: Path) -> None:
+    """The tables of `markdown_tables`, written atomically."""
+    _atomic_write_text(path, text)
 
 
 def _csv_value(value):
@@ -356,6 +364,7 @@ __all__ = [
     "INTERACTIVE",
     "markdown_tables",
     "write_csv",
+    "write_markdown",
     "write_plots",
     "write_results_json",
 ]
