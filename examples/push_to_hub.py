@@ -5,17 +5,20 @@
 
 `--model` is an adapter folder or a full checkpoint; it is loaded with `StableSamModel.from_pretrained` and saved
 again, so exactly the release files are uploaded (plugin weights, config naming the base SAM checkpoint, remote-code
-modules, processor files, model card), whatever else the folder holds. The token comes from `HF_TOKEN` or
-`hf auth login`; it is never printed.
+modules, processor files, model card), whatever else the folder holds. A non-empty `--local_dir` needs
+`--overwrite_local_dir` (nothing in it is deleted), and a model whose plugins were never trained needs
+`--allow_untrained_plugins`. The token comes from `HF_TOKEN` or `hf auth login`; it is never printed.
 """
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
 from stable_sam_hf import StableSamModel
+from stable_sam_hf.upload import untrained_plugin_layers
 
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,14 @@ class PushArguments:
         metadata={"help": "Base SAM checkpoint to record (and load an adapter onto) instead of the config's."},
     )
     full_checkpoint: bool = field(default=False, metadata={"help": "Publish every weight, not the plugins only."})
+    overwrite_local_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --local_dir (only the release files; nothing is deleted)."},
+    )
+    allow_untrained_plugins: bool = field(
+        default=False,
+        metadata={"help": "Publish a model whose plugins were never trained (it computes SAM's masks)."},
+    )
     evaluation_results: str | None = field(
         default=None,
         metadata={"help": "JSON file with a list of {dataset, metric, value[, prompt]} rows for the model card."},
@@ -56,7 +67,20 @@ def main(argv: list[str] | None = None):
         with open(args.evaluation_results, encoding="utf-8") as file:
             evaluation = json.load(file)
 
+    if args.local_dir is not None and os.path.isdir(args.local_dir) and os.listdir(args.local_dir):
+        if not args.overwrite_local_dir:
+            raise ValueError(
+                f"--local_dir {args.local_dir!r} is not empty. Choose an empty or new folder, or pass "
+                "--overwrite_local_dir to write the release files into it (nothing else in it is deleted)."
+            )
+
     model = StableSamModel.from_pretrained(args.model, base_model_name_or_path=args.base_model_name_or_path)
+    untrained = untrained_plugin_layers(model)
+    if len(untrained) == len(model.config.plugin_layers) and not args.allow_untrained_plugins:
+        raise ValueError(
+            f"The plugins of {args.model!r} were never trained: it computes SAM's masks, and its release would hold "
+            "fresh plugins. Train them first, or pass --allow_untrained_plugins."
+        )
     release = {
         "full_checkpoint": args.full_checkpoint,
         "base_model_name_or_path": args.base_model_name_or_path,
@@ -69,6 +93,7 @@ def main(argv: list[str] | None = None):
     commit = model.push_to_hub(
         args.repo_id,
         private=args.private,
+        allow_untrained_plugins=args.allow_untrained_plugins,
         commit_message=args.commit_message,
         revision=args.revision,
         **release,

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor, ViTConfig
 
 from stable_sam_hf import StableSamModel, is_plugin_parameter
-from stable_sam_hf import hub as hub_module
+from stable_sam_hf import upload as upload_module
 from stable_sam_hf.convert import convert_to_adapter, extract_plugin_state_dict, load_state_dict_file
 from stable_sam_hf.hub import ADAPTER_WEIGHTS_NAME, StableSamAdapterMixin
 
@@ -27,7 +27,7 @@ from tiny import IMAGE_SIZE, perturb_plugins_, tiny_sam_kwargs, tiny_stable_sam_
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REMOTE_CODE_FILES = {"configuration_stable_sam.py", "modeling_stable_sam.py", "hub.py"}
+REMOTE_CODE_FILES = {"configuration_stable_sam.py", "modeling_stable_sam.py", "adapter.py", "file_resolution.py"}
 ADAPTER_FILES = {ADAPTER_WEIGHTS_NAME, "config.json", "README.md", *REMOTE_CODE_FILES}
 # Top-level modules the remote-code files may import: the four libraries a transformers user has, and the stdlib
 REMOTE_CODE_LIBRARIES = {"torch", "transformers", "huggingface_hub", "safetensors"}
@@ -161,19 +161,25 @@ def test_remote_code_files_import_only_the_four_libraries_and_the_stdlib(adapter
                 assert top in REMOTE_CODE_LIBRARIES or top in sys.stdlib_module_names, f"{name} imports {module}"
 
 
-def test_full_checkpoint_round_trip_and_switching_layouts(trained, tmp_path):
+def test_full_checkpoint_round_trip_and_switching_layouts_is_refused(trained, tmp_path):
     model = copy.deepcopy(trained)
-    folder = tmp_path / "release"
-    model.save_pretrained(folder)
+    folder = tmp_path / "full"
     written = model.save_pretrained(folder, full_checkpoint=True)
     assert set(os.listdir(folder)) == (ADAPTER_FILES - {ADAPTER_WEIGHTS_NAME}) | {"model.safetensors"}
     assert written == sorted(os.listdir(folder))
     assert len(load_file(folder / "model.safetensors")) > len(trained.plugin_state_dict())
     _assert_same_outputs(StableSamModel.from_pretrained(folder), trained)
 
-    model.save_pretrained(folder)
-    assert set(os.listdir(folder)) == ADAPTER_FILES
-    _assert_same_outputs(StableSamModel.from_pretrained(folder), trained)
+    # Each layout into a folder holding the other: refused, nothing deleted
+    with pytest.raises(ValueError, match="holds a full checkpoint") as error:
+        model.save_pretrained(folder, full_checkpoint=False)
+    assert "model.safetensors" in str(error.value)
+    assert "model.safetensors" in os.listdir(folder) and ADAPTER_WEIGHTS_NAME not in os.listdir(folder)
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match="holds an adapter"):
+        model.save_pretrained(tmp_path / "adapter", full_checkpoint=True)
+    assert set(os.listdir(tmp_path / "adapter")) == ADAPTER_FILES
+    _assert_same_outputs(StableSamModel.from_pretrained(tmp_path / "adapter"), trained)
 
 
 def test_processor_files_are_saved_when_given_or_available(trained, sam_base, tmp_path):
@@ -357,11 +363,42 @@ def test_load_plugin_state_dict_checks_shapes(trained):
         model.load_plugin_state_dict([1, 2])
 
 
-def test_adapter_load_reports_no_missing_weights_but_a_sam_load_reports_the_plugins(adapter_dir, sam_base):
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def load_logs():
+    """Records of the package's and transformers' loggers (transformers' do not reach the root logger)."""
+    handler = _Records()
+    loggers = [logging.getLogger("transformers"), logging.getLogger("stable_sam_hf")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    yield handler.records
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_adapter_load_reports_nothing_and_a_sam_load_says_the_plugins_start_fresh(adapter_dir, sam_base, load_logs):
     _, info = StableSamModel.from_pretrained(adapter_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not [record for record in load_logs if record.levelno >= logging.WARNING]
+    assert not [record for record in load_logs if "start fresh" in record.getMessage()]
+
     _, info = StableSamModel.from_pretrained(sam_base, output_loading_info=True)
-    assert info["missing_keys"] and all(is_plugin_parameter(key) for key in info["missing_keys"])
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # One short info line instead of transformers' MISSING table
+    fresh = [record for record in load_logs if "start fresh" in record.getMessage()]
+    assert len(fresh) == 1 and fresh[0].levelno == logging.INFO and sam_base in fresh[0].getMessage()
+    assert not [record for record in load_logs if "MISSING" in record.getMessage()]
 
 
 def test_remote_code_loads_in_a_fresh_process_without_the_package(trained, adapter_dir, tmp_path):
@@ -443,7 +480,7 @@ class RecordingHfApi:
 def recording_api(monkeypatch, tmp_path):
     RecordingHfApi.calls = []
     RecordingHfApi.remote_root = tmp_path / "remote"
-    monkeypatch.setattr(hub_module, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(upload_module, "HfApi", RecordingHfApi)
     return RecordingHfApi
 
 
@@ -631,3 +668,177 @@ def test_convert_rejects_plugins_for_another_decoder_width(wide_base, sam_base, 
     with pytest.raises(ValueError, match="width 256") as error:
         convert_to_adapter(tmp_path / "out", base_model_name_or_path=sam_base, plugin_weights=tmp_path / "wide.pth")
     assert sam_base in str(error.value) and "wide.pth" in str(error.value)
+
+
+# Data safety: saving never deletes what it did not write, loading refuses broken weights
+
+
+def test_saving_into_the_sam_folder_it_was_loaded_from_keeps_the_sam_weights(sam_base, tmp_path):
+    folder = tmp_path / "my_sam"
+    shutil.copytree(sam_base, folder)
+    (folder / "README.md").write_text("# My SAM\n")
+    model = perturb_plugins_(StableSamModel.from_pretrained(folder), seed=4).eval()
+    with pytest.raises(ValueError, match="base SAM checkpoint"):
+        model.save_pretrained(folder, full_checkpoint=False)
+    assert ADAPTER_WEIGHTS_NAME not in os.listdir(folder)
+
+    written = model.save_pretrained(folder)
+    assert "model.safetensors" in written and ADAPTER_WEIGHTS_NAME not in os.listdir(folder)
+    # The folder is not recorded as its own base, and the user's README is kept
+    assert json.loads((folder / "config.json").read_text())["base_model_name_or_path"] is None
+    assert (folder / "README.md").read_text() == "# My SAM\n"
+    SamModel.from_pretrained(folder)
+    _assert_same_outputs(StableSamModel.from_pretrained(folder), model)
+
+
+def test_save_load_save_into_one_folder(tmp_path):
+    model = perturb_plugins_(StableSamModel(tiny_stable_sam_config())).eval()
+    model.save_pretrained(tmp_path)
+    loaded = StableSamModel.from_pretrained(tmp_path)
+    loaded.save_pretrained(tmp_path)
+    assert "model.safetensors" in os.listdir(tmp_path) and ADAPTER_WEIGHTS_NAME not in os.listdir(tmp_path)
+    _assert_same_outputs(StableSamModel.from_pretrained(tmp_path), model)
+
+
+def _full_checkpoint_with(trained, folder: Path, change) -> str:
+    copy.deepcopy(trained).save_pretrained(folder, full_checkpoint=True)
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return os.fspath(folder)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["mask_decoder.iou_token.weight", "mask_decoder.transformer.layers.1.dsp.offset_proj.weight"],
+)
+def test_non_finite_or_integer_weights_are_refused(trained, adapter_dir, tmp_path, key):
+    def with_nan(tensors):
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = float("nan")
+
+    def as_integers(tensors):
+        tensors[key] = tensors[key].to(torch.int32)
+
+    for change, message in ((with_nan, "NaN or inf"), (as_integers, "not floating point")):
+        folder = _full_checkpoint_with(trained, tmp_path / change.__name__, change)
+        with pytest.raises(ValueError, match=message) as error:
+            StableSamModel.from_pretrained(folder)
+        assert key in str(error.value) and folder in str(error.value)
+
+    if ".dsp." in key:
+        for change, message in ((with_nan, "NaN or inf"), (as_integers, "not floating point")):
+            folder = tmp_path / f"adapter_{change.__name__}"
+            shutil.copytree(adapter_dir, folder)
+            tensors = load_file(folder / ADAPTER_WEIGHTS_NAME)
+            change(tensors)
+            save_file(tensors, folder / ADAPTER_WEIGHTS_NAME)
+            with pytest.raises(ValueError, match=message) as error:
+                StableSamModel.from_pretrained(folder)
+            assert key in str(error.value)
+
+
+def test_full_stable_sam_checkpoint_missing_plugin_weights_is_refused(trained, tmp_path):
+    def drop_routing(tensors):
+        for name in [name for name in tensors if ".drp." in name]:
+            del tensors[name]
+
+    folder = _full_checkpoint_with(trained, tmp_path / "full", drop_routing)
+    with pytest.raises(ValueError, match="lacks 6 of its plugin weights") as error:
+        StableSamModel.from_pretrained(folder)
+    assert "mask_decoder.transformer.layers.1.drp.dense1.weight" in str(error.value)
+
+
+def test_mask_generation_pipeline_without_torchvision_on_a_sam_saved_with_sam_processor(tmp_path):
+    from PIL import Image
+    from transformers import pipeline
+
+    from stable_sam_hf import StableSamImageProcessor, StableSamProcessor
+
+    assert importlib.util.find_spec("torchvision") is None, "torchvision is installed: this test needs it absent"
+    base = _save_sam(tmp_path / "sam")
+    # As the Hub's SAM repos have it: a SamProcessor whose image processor is named SamImageProcessor
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": IMAGE_SIZE}, pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = SamProcessor(image_processor=image_processor)
+    processor.save_pretrained(base)
+    assert (
+        json.loads((Path(base) / "processor_config.json").read_text())["image_processor"]["image_processor_type"]
+        == "SamImageProcessor"
+    )
+    assert isinstance(StableSamProcessor.from_pretrained(base).image_processor, StableSamImageProcessor)
+
+    StableSamModel.from_pretrained(base).save_pretrained(tmp_path / "adapter")
+    generator = pipeline("mask-generation", model=os.fspath(tmp_path / "adapter"), points_per_batch=16)
+    assert isinstance(generator.image_processor, StableSamImageProcessor)
+    image = Image.fromarray(torch.randint(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8).numpy())
+    outputs = generator(image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert len(outputs["masks"]) > 0 and outputs["masks"][0].shape == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_push_to_hub_script_keeps_user_files_and_refuses_untrained_plugins(
+    trained, adapter_dir, sam_base, recording_api, tmp_path
+):
+    script = _load_example("push_to_hub_example_safety", REPO_ROOT / "examples" / "push_to_hub.py")
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    (user_dir / "model.safetensors").write_bytes(b"user weights")
+    (user_dir / "README.md").write_text("mine\n")
+    with pytest.raises(ValueError, match="--overwrite_local_dir"):
+        script.main(["--model", adapter_dir, "--local_dir", os.fspath(user_dir)])
+    # Even when told to write there, an adapter does not replace the folder's full checkpoint
+    with pytest.raises(ValueError, match="holds a full checkpoint"):
+        script.main(["--model", adapter_dir, "--local_dir", os.fspath(user_dir), "--overwrite_local_dir"])
+    assert sorted(os.listdir(user_dir)) == ["README.md", "model.safetensors"]
+    assert (user_dir / "model.safetensors").read_bytes() == b"user weights"
+
+    notes_dir = tmp_path / "notes"
+    notes_dir.mkdir()
+    (notes_dir / "notes.txt").write_text("keep\n")
+    script.main(["--model", adapter_dir, "--local_dir", os.fspath(notes_dir), "--overwrite_local_dir"])
+    assert set(os.listdir(notes_dir)) == ADAPTER_FILES | {"notes.txt"}
+
+    # A plain SAM: fresh plugins, not a release, unless asked for
+    with pytest.raises(ValueError, match="--allow_untrained_plugins"):
+        script.main(["--model", sam_base, "--repo_id", "user/fresh"])
+    with pytest.raises(ValueError, match="allow_untrained_plugins"):
+        StableSamModel.from_pretrained(sam_base).push_to_hub("user/fresh")
+    assert not _call(recording_api, "upload_folder")
+    script.main(["--model", sam_base, "--repo_id", "user/fresh", "--allow_untrained_plugins"])
+    assert len(_call(recording_api, "upload_folder")) == 1
+
+
+def test_convert_never_writes_into_the_checkpoint_or_a_non_empty_folder(trained, tmp_path):
+    full = tmp_path / "full"
+    copy.deepcopy(trained).save_pretrained(full, full_checkpoint=True)
+    script = _load_example("convert_to_adapter_safety", REPO_ROOT / "training" / "convert_to_adapter.py")
+    for extra in ([], ["--overwrite_output_dir"]):
+        with pytest.raises(ValueError, match="is the checkpoint"):
+            script.main(["--checkpoint", os.fspath(full), "--output_dir", os.fspath(full), *extra])
+    assert "model.safetensors" in os.listdir(full) and ADAPTER_WEIGHTS_NAME not in os.listdir(full)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep\n")
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        script.main(["--checkpoint", os.fspath(full), "--output_dir", os.fspath(out)])
+    script.main(["--checkpoint", os.fspath(full), "--output_dir", os.fspath(out), "--overwrite_output_dir"])
+    assert set(os.listdir(out)) == ADAPTER_FILES | {"notes.txt"}
+    _assert_same_outputs(StableSamModel.from_pretrained(out), trained)
+
+
+def test_convert_refuses_a_checkpoint_whose_sam_weights_were_fine_tuned(trained, tmp_path):
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.add_(0.5)
+    model.save_pretrained(tmp_path / "full", full_checkpoint=True)
+    with pytest.raises(ValueError, match="plugins_only") as error:
+        convert_to_adapter(tmp_path / "adapter", checkpoint=tmp_path / "full")
+    assert "mask_decoder.iou_token.weight" in str(error.value) and "1 SAM weights" in str(error.value)
+    assert not (tmp_path / "adapter").exists()
+
+    convert_to_adapter(tmp_path / "adapter", checkpoint=tmp_path / "full", plugins_only=True)
+    loaded_state = StableSamModel.from_pretrained(tmp_path / "adapter").state_dict()
+    for key, value in trained.plugin_state_dict().items():
+        torch.testing.assert_close(loaded_state[key], value, rtol=0, atol=0)

@@ -57,6 +57,17 @@ class ConvertArguments:
         default=None,
         metadata={"help": "JSON file with a list of {dataset, metric, value[, prompt]} rows for the model card."},
     )
+    plugins_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Convert a --checkpoint whose SAM weights differ from its base (fine-tuned), keeping only its "
+            "plugins; without it such a checkpoint is refused."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --output_dir (only the release files; nothing is deleted)."},
+    )
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         plugin_layer=args.plugin_layer,
         key_prefix=args.key_prefix,
         evaluation_results=evaluation,
+        plugins_only=args.plugins_only,
+        overwrite_output_dir=args.overwrite_output_dir,
         **settings,
     )
     logger.info(f"Wrote {args.output_dir}: {', '.join(written)}")

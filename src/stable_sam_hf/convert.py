@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file as safe_load_file
 
 from .configuration_stable_sam import StableSamConfig
-from .hub import _check_evaluation_results, _decoder_width, _loading_adapter_base, _read_config_dict
-from .modeling_stable_sam import PLUGIN_MODULE_NAMES, StableSamModel
+from .file_resolution import checkpoint_weight_files, decoder_width, iter_checkpoint_tensors, read_config_dict
+from .model_card import check_evaluation_results
+from .modeling_stable_sam import PLUGIN_MODULE_NAMES, StableSamModel, is_plugin_parameter
 
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -178,6 +179,8 @@ def convert_to_adapter(
     plugin_layer: int | None = None,
     key_prefix: str | None = None,
     evaluation_results: Sequence[Mapping] | None = None,
+    plugins_only: bool = False,
+    overwrite_output_dir: bool = False,
     **plugin_settings,
 ) -> list[str]:
     """
@@ -199,6 +202,12 @@ def convert_to_adapter(
             See `extract_plugin_state_dict`.
         evaluation_results (`list[dict]`, *optional*):
             Rows of the model card's evaluation table, as for `StableSamModel.save_pretrained`.
+        plugins_only (`bool`, *optional*, defaults to `False`):
+            With `checkpoint`: convert it even when its SAM weights differ from the base's (a fine-tuned decoder),
+            keeping only its plugins. Without it such a checkpoint is refused, naming the weights that differ, since
+            its adapter would not reproduce it.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Write into an `output_dir` that is not empty; only the release files are written there, nothing is deleted.
         plugin_settings:
             `StableSamConfig` plugin settings that the weights do not fix (`offset_range`, `routing_token_index`).
 
@@ -210,10 +219,11 @@ def convert_to_adapter(
             "Pass either `checkpoint` (a full StableSamModel checkpoint) or `plugin_weights` together with "
             "`base_model_name_or_path` (a SAM checkpoint)."
         )
-    _check_evaluation_results(evaluation_results)
+    check_evaluation_results(evaluation_results)
+    _check_output_dir(os.fspath(output_dir), checkpoint, overwrite_output_dir)
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
-        config = _read_config_dict(checkpoint)
+        config = read_config_dict(checkpoint)
         if config is None or config.get("model_type") != StableSamConfig.model_type:
             found = "no config.json" if config is None else f"model_type {config.get('model_type')!r}"
             raise ValueError(
@@ -227,6 +237,14 @@ def convert_to_adapter(
                 "`base_model_name_or_path` (Hub id or folder)."
             )
         model = StableSamModel.from_pretrained(checkpoint, base_model_name_or_path=base, **plugin_settings)
+        differing = weights_differing_from_base(model, base)
+        if differing and not plugins_only:
+            raise ValueError(
+                f"The checkpoint {checkpoint!r} differs from its base {base!r} in {len(differing)} SAM weights "
+                f"({', '.join(differing[:5])}{' and more' if len(differing) > 5 else ''}): an adapter keeps the plugin "
+                "weights only and would not reproduce it. Publish it as a full checkpoint, or pass `plugins_only=True` "
+                "(`--plugins_only`) to keep only its plugins."
+            )
         return model.save_pretrained(output_dir, evaluation_results=evaluation_results)
 
     if not base_model_name_or_path:
@@ -238,7 +256,7 @@ def convert_to_adapter(
         source, state_dict = os.fspath(plugin_weights), load_state_dict_file(plugin_weights)
     plugins = extract_plugin_state_dict(state_dict, plugin_layer=plugin_layer, key_prefix=key_prefix)
 
-    base_config = _read_config_dict(base)
+    base_config = read_config_dict(base)
     if base_config is None or base_config.get("model_type") not in ("sam", StableSamConfig.model_type):
         found = "no config.json" if base_config is None else f"model_type {base_config.get('model_type')!r}"
         raise ValueError(
@@ -247,23 +265,51 @@ def convert_to_adapter(
         )
     inferred = infer_plugin_config(plugins)
     width = inferred.pop("hidden_size", None)
-    if width is not None and width != _decoder_width(base_config):
+    if width is not None and width != decoder_width(base_config):
         raise ValueError(
             f"The plugin weights of {source!r} are for a mask decoder of width {width}, but the SAM checkpoint {base!r} "
-            f"has a mask decoder of width {_decoder_width(base_config)}."
+            f"has a mask decoder of width {decoder_width(base_config)}."
         )
     config_dict = {key: value for key, value in base_config.items() if key not in ("model_type", "architectures")}
     config_dict.update({**inferred, **plugin_settings, "base_model_name_or_path": base})
-    with _loading_adapter_base():
-        model = StableSamModel.from_pretrained(base, config=StableSamConfig.from_dict(config_dict))
+    model = StableSamModel.from_pretrained(base, config=StableSamConfig.from_dict(config_dict))
     model.load_plugin_state_dict(plugins, source=source)
     return model.save_pretrained(output_dir, evaluation_results=evaluation_results)
+
+
+def _check_output_dir(output_dir: str, checkpoint, overwrite_output_dir: bool):
+    if checkpoint is not None and os.path.isdir(checkpoint) and os.path.isdir(output_dir):
+        if os.path.samefile(checkpoint, output_dir):
+            raise ValueError(
+                f"`output_dir` {output_dir!r} is the checkpoint being converted: write the adapter into another folder."
+            )
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite_output_dir:
+        raise ValueError(
+            f"`output_dir` {output_dir!r} is not empty. Choose an empty or new folder, or pass "
+            "`overwrite_output_dir=True` (`--overwrite_output_dir`) to write the release files into it (nothing else "
+            "in it is deleted)."
+        )
+
+
+def weights_differing_from_base(model: StableSamModel, base: str) -> list[str]:
+    """The non-plugin weights of `model` that differ from those of the SAM checkpoint `base` (read one at a time)."""
+    files = checkpoint_weight_files(base)
+    if not files:
+        raise ValueError(
+            f"Cannot read the weights of the base SAM checkpoint {base!r} to compare the checkpoint with."
+        )
+    state = model.state_dict()
+    return [
+        key
+        for key, tensor in iter_checkpoint_tensors(files)
+        if key in state and not is_plugin_parameter(key) and not torch.equal(state[key], tensor.to(state[key].dtype))
+    ]
 
 
 def read_evaluation_results(path: str | os.PathLike) -> list[dict]:
     """Evaluation rows from a JSON file holding a list of `{"dataset", "metric", "value"[, "prompt", ...]}`."""
     with open(path, encoding="utf-8") as file:
-        return _check_evaluation_results(json.load(file))
+        return check_evaluation_results(json.load(file))
 
 
 __all__ = [
@@ -272,4 +318,5 @@ __all__ = [
     "infer_plugin_config",
     "load_state_dict_file",
     "read_evaluation_results",
+    "weights_differing_from_base",
 ]

@@ -17,10 +17,11 @@ from transformers.models.sam.modeling_sam import (
     SamMaskDecoder,
     SamTwoWayAttentionBlock,
 )
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
 
+from .adapter import StableSamAdapterMixin
 from .configuration_stable_sam import StableSamConfig
-from .hub import StableSamAdapterMixin
 
 
 # Prompts per DSP call at inference: bounds the plugin's temporary feature maps (each 4 MB a prompt at ViT-B sizes)
@@ -383,7 +384,7 @@ class StableSamModel(StableSamAdapterMixin, SamModel):
         multimask_output: bool = True,
         routing_weight: float | torch.Tensor | None = None,
         output_sampling_offsets: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> StableSamImageSegmentationOutput:
         r"""
         Arguments as [`SamModel.forward`], plus:

@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoProcessor, SamProcessor
+from transformers import AutoImageProcessor, AutoProcessor, SamImageProcessorPil, SamProcessor
 
 from .image_processing_stable_sam import StableSamImageProcessor
 from .prompts import DEFAULT_MASK_LOGIT, binarize_masks, masks_to_prompt_logits
@@ -90,6 +90,12 @@ class StableSamProcessor(SamProcessor):
     """
 
     mask_logit_scale = DEFAULT_MASK_LOGIT
+
+    def __init__(self, image_processor):
+        # SAM checkpoints name SamImageProcessor, whose mask-generation post-processing needs torchvision
+        if type(image_processor) is SamImageProcessorPil:
+            image_processor = StableSamImageProcessor.from_dict(image_processor.to_dict())
+        super().__init__(image_processor)
 
     def __call__(
         self,
