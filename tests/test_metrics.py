@@ -377,3 +377,40 @@ def test_bootstrap_interval_rejects_bad_arguments():
         bootstrap_interval(torch.ones(3), num_resamples=0)
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_interval(torch.ones(3), confidence=1.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_ground_truth_is_refused(bad):
+    gt = torch.tensor([[0.0, 255.0], [255.0, bad]])
+    with pytest.raises(ValueError, match="`gt` contains NaN or infinite"):
+        binarize_ground_truth(gt)
+
+
+def test_ground_truth_on_no_known_scale_is_refused_not_skipped():
+    # A 0-100 mask: the 0-255 threshold (> 128) would make it empty and the mean would skip it
+    gt = torch.tensor([[0, 100], [100, 0]], dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"`gt` values lie in \[0, 100\]"):
+        binarize_ground_truth(gt)
+    # On either known scale the same object is kept
+    assert binarize_ground_truth(gt * 255 // 100).tolist() == [[False, True], [True, False]]
+    assert binarize_ground_truth(gt // 100).tolist() == [[False, True], [True, False]]
+
+
+def test_nan_prediction_is_refused():
+    with pytest.raises(ValueError, match="`logits` contains 1 NaN"):
+        binarize_prediction(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_evaluate_module_refuses_nan_and_0_100_references(offline, tmp_path):
+    metric = load_metric(cache_dir=str(tmp_path), keep_in_memory=True)
+    logits = np.full((1, 4, 4), -5.0)
+    logits[0, 1:3, 1:3] = 5.0
+    nan_reference = np.zeros((1, 4, 4))
+    nan_reference[0, 1:3, 1:3] = 1.0
+    nan_reference[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        metric.compute(predictions=logits, references=nan_reference)
+    percent_reference = (nan_reference[0] == 1.0)[None] * 100
+    with pytest.raises(ValueError, match=r"none above 128"):
+        metric.compute(predictions=logits, references=percent_reference)
+    assert metric.compute(predictions=logits, references=percent_reference * 255 // 100)["mean_iou"] == 1.0

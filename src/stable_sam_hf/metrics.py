@@ -71,6 +71,10 @@ def binarize_ground_truth(gt: torch.Tensor) -> torch.Tensor:
     above 1 the masks are taken as 0-255 images and thresholded `> 128`; otherwise they are 0/1 (or 0-1 float)
     masks and thresholded `> 128 / 255`, which for 0/1 values is `> 0`.
 
+    Raises:
+        `ValueError` for NaN or infinite values, values outside [0, 255], and masks on no known scale: values above 1
+        but none above 128 (a 0-100 mask, say), which the 0-255 threshold would make empty and the mean skip.
+
     Args:
         gt (`torch.Tensor` of shape `(..., height, width)`):
             Ground-truth masks, bool, integer or float, values in [0, 255].
@@ -85,9 +89,17 @@ def binarize_ground_truth(gt: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"`gt` must be a real or boolean tensor, got dtype {gt.dtype}.")
     if gt.numel() == 0:
         return torch.zeros_like(gt, dtype=torch.bool)
+    if gt.is_floating_point() and not torch.isfinite(gt).all():
+        raise ValueError("`gt` contains NaN or infinite values; ground-truth masks are bool, 0/1 or 0-255.")
     low, high = gt.min().item(), gt.max().item()
     if low < 0 or high > 255:
         raise ValueError(f"`gt` values must lie in [0, 255] (0/1 or 0-255 masks), got range [{low}, {high}].")
+    if 1 < high <= 128:
+        raise ValueError(
+            f"`gt` values lie in [{low}, {high}]: above 1, so not 0/1 masks, but none above 128, the foreground "
+            "threshold of 0-255 masks, so every mask would be empty. Pass bool, 0/1 or 0-255 masks (a 0-100 mask "
+            "times 2.55 is 0-255)."
+        )
     if high > 1:
         return gt > 128
     return gt.to(torch.float32) > 128 / 255
@@ -95,7 +107,8 @@ def binarize_ground_truth(gt: torch.Tensor) -> torch.Tensor:
 
 def binarize_prediction(logits: torch.Tensor) -> torch.Tensor:
     """
-    Binarize predicted mask logits at 0 (probability 0.5). Boolean masks are returned unchanged.
+    Binarize predicted mask logits at 0 (probability 0.5). Boolean masks are returned unchanged; NaN logits (a
+    model's numerical failure) raise a `ValueError` instead of counting as background.
 
     Args:
         logits (`torch.Tensor` of shape `(..., height, width)`):
@@ -107,6 +120,10 @@ def binarize_prediction(logits: torch.Tensor) -> torch.Tensor:
     _check_tensor(logits, "logits", 2)
     if logits.dtype == torch.bool:
         return logits
+    if logits.is_floating_point() and torch.isnan(logits).any():
+        raise ValueError(
+            f"`logits` contains {int(torch.isnan(logits).sum())} NaN values; a prediction must be finite."
+        )
     return logits > 0
 
 
