@@ -202,6 +202,13 @@ def test_every_kind_runs_every_protocol(kinds_workspace, kinds_run):
     assert "NoC@85" in markdown and all(f"| {name} |" in markdown for name in names)
     for plot in ("miou_vs_clicks.png", "miou_vs_noise_scale.png", "miou_vs_points.png"):
         assert (kinds_run / plot).stat().st_size > 1000
+    # The model card writer takes results.json's per-model results as they are
+    from stable_sam_hf.model_card import check_evaluation_results
+
+    card = check_evaluation_results(results["model_card"]["stable"])
+    noc = [r for r in card if r["metric"] == "NoC@85" and r["dataset"].startswith("average")]
+    assert [r["value"] for r in noc] == [average[("stable", "interactive")]["NoC85"]]
+    assert {r["prompt"] for r in card} >= {"box", "noisy_box@0.6", "points_5", "interactive"}
     csv_header = (kinds_run / "results.csv").read_text().splitlines()[0]
     assert "NoC85" in csv_header and "failed_85" in csv_header
 

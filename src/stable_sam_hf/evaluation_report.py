@@ -97,9 +97,30 @@ def write_results_json(rows: list[dict[str, Any]], specs: list[ModelSpec], args,
     content = {
         "settings": settings,
         "models": {spec.name: spec.model_id for spec in specs},
+        "model_card": {spec.name: model_card_results(rows, spec.name) for spec in specs},
         "rows": [{key: _json_value(value) for key, value in row.items()} for row in rows],
     }
     _atomic_write_text(path, json.dumps(content, indent=1) + "\n")
+
+
+def model_card_results(rows: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """One model's results as the model card writer takes them (`evaluation_results` of `push_to_hub`): a list of
+    `{"dataset", "metric", "value", "prompt"}`, one per dataset (and the average) and prompt type, for mIoU and mBIoU
+    (mAP on COCO), and NoC@85 / NoC@90 and 1-click mIoU for the interactive protocol; undefined values are left out."""
+    mine = [row for row in rows if row["model"] == model and row["routing_weight"] is None]
+    datasets = list(dict.fromkeys(r["dataset"] for r in mine if r["dataset"] not in (AVERAGE, COCO_DATASET)))
+    results = []
+    for row in mine:
+        dataset = f"average ({', '.join(datasets)})" if row["dataset"] == AVERAGE else row["dataset"]
+        if row["prompt_type"] == INTERACTIVE:
+            metrics = [("NoC@85", row.get("NoC85"), INTERACTIVE), ("NoC@90", row.get("NoC90"), INTERACTIVE)]
+            metrics.append(("mIoU", row["mIoU"], "interactive, 1 click"))
+        else:
+            metrics = [(name, row.get(name), row["prompt_type"]) for name in ("mIoU", "mBIoU", "mAP")]
+        for metric, value, prompt in metrics:
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                results.append({"dataset": dataset, "metric": metric, "value": float(value), "prompt": prompt})
+    return results
 
 
 def _json_value(value):
@@ -363,6 +384,7 @@ __all__ = [
     "CSV_COLUMNS",
     "INTERACTIVE",
     "markdown_tables",
+    "model_card_results",
     "write_csv",
     "write_markdown",
     "write_plots",
