@@ -143,6 +143,36 @@ class TestPromptValidation:
             warnings.simplefilter("error")
             processor(noise_image(30, 40), input_boxes=[[[0, 0, 40, 30]]])
 
+    def test_points_outside_clipped_with_warning_like_boxes(self, processor, sam_processor):
+        image = noise_image(30, 40)
+        with pytest.warns(UserWarning, match=r"`input_points` entry 0 has points outside the 40x30 image, clipped"):
+            clipped = processor(image, input_points=[[[1e39, 5], [-3, 2], [10, 10]]], return_tensors="pt")
+        expected = sam_processor(image, input_points=[[[40, 5], [0, 2], [10, 10]]], return_tensors="pt")
+        assert torch.equal(clipped["input_points"], expected["input_points"])
+
+    def test_unread_points_are_not_clipped(self, processor, sam_processor):
+        # Label -1 (not a point) and padding points carry no position the model reads
+        prompts = {"input_points": [[[5, 5], [-10, -10], [99, 99]]], "input_labels": [[1, -10, -1]]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            inputs = processor(noise_image(30, 40), **prompts, return_tensors="pt")
+        expected = sam_processor(noise_image(30, 40), **prompts, return_tensors="pt")
+        assert torch.equal(inputs["input_points"], expected["input_points"])
+
+    def test_huge_coordinates_never_give_nan(self, processor):
+        model = StableSamModel(tiny_stable_sam_config()).eval()
+        image = noise_image(30, 40)
+        for prompts in (
+            {"input_points": [[[1e39, 5.0]]], "input_labels": [[1]]},
+            {"input_boxes": [[[0.0, 0.0, 1e39, 20.0]]]},
+        ):
+            with pytest.warns(UserWarning, match="clipped"):
+                inputs = processor(image, **prompts, return_tensors="pt")
+            with torch.no_grad():
+                outputs = model(**{key: value for key, value in inputs.items() if "sizes" not in key})
+            for name in ("pred_masks", "iou_scores", "routing_weights"):
+                assert torch.isfinite(outputs[name]).all(), (prompts, name)
+
 
 class TestMaskPrompts:
     def test_original_size_binary_mask(self, processor):
@@ -254,6 +284,34 @@ class TestImages:
         inputs = processor(noise_image(*size), return_tensors="pt")
         assert inputs["original_sizes"].tolist() == [list(size)]
         assert inputs["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+    @pytest.mark.parametrize("size", [(3, 5000), (5000, 3)])
+    def test_extreme_aspect_ratio(self, processor, size):
+        # The short side resizes to 3 * 64 / 5000 < 0.5 pixel: SAM's rounding made it 0 and the resize failed
+        height, width = size
+        mask = np.zeros(size, dtype=bool)
+        mask[:, : width // 2] = True
+        inputs = processor(
+            noise_image(*size),
+            input_boxes=[[[0, 0, width // 2, height]]],
+            input_masks=[mask],
+            return_tensors="pt",
+        )
+        short_is_height = height < width
+        assert inputs["reshaped_input_sizes"].tolist() == [[1, IMAGE_SIZE] if short_is_height else [IMAGE_SIZE, 1]]
+        assert inputs["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        assert inputs["input_masks"].shape == (1, 1, 32, 32)
+        model = StableSamModel(tiny_stable_sam_config()).eval()
+        with torch.no_grad():
+            outputs = model(
+                pixel_values=inputs["pixel_values"],
+                input_boxes=inputs["input_boxes"],
+                input_masks=inputs["input_masks"],
+            )
+        masks = processor.post_process_masks(
+            outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )
+        assert masks[0].shape == (1, 3, height, width)
 
 
 class TestRoundTripWithSamModel:

@@ -13,6 +13,13 @@ from transformers import SamImageProcessorPil
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
+def preprocess_shape(height: int, width: int, longest_edge: int) -> tuple[int, int]:
+    """`(new_height, new_width)` of an image resized so that its longest side is `longest_edge`, as SAM's image
+    processor rounds it, except that neither side drops below one pixel (a 3 x 5000 image at 128 would be 0 high)."""
+    scale = longest_edge / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """Areas of `[x0, y0, x1, y1]` boxes (`torch.Tensor` of shape `(num_boxes, 4)`), as `(x1 - x0) * (y1 - y0)`."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -120,8 +127,9 @@ def _with_channel_axis(image):
 class StableSamImageProcessor(SamImageProcessorPil):
     r"""
     SAM's image processor (PIL backend: resize the longest side to `size["longest_edge"]`, normalise, pad to `pad_size`)
-    with two changes:
+    with these changes:
 
+    - images of any aspect ratio: the short side of a very elongated image is resized to at least one pixel;
     - images are read as people have them: EXIF orientation is applied (`PIL.ImageOps.exif_transpose`), so
       `original_sizes` and prompt coordinates refer to the image as a viewer shows it; 16-bit and 32-bit images (PIL
       modes `I;16`, `I`, `F`, integer arrays wider than uint8) are scaled to 8 bits by their value range instead of
@@ -142,6 +150,10 @@ class StableSamImageProcessor(SamImageProcessorPil):
         else:
             images = _with_channel_axis(images)
         return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _get_preprocess_shape(self, old_shape: tuple[int, int], longest_edge: int) -> tuple[int, int]:
+        # SAM's own rounding gives 0 pixels for the short side of very elongated images
+        return preprocess_shape(*old_shape, longest_edge)
 
     def process_image(self, image, do_convert_rgb: bool | None = None, input_data_format=None, **kwargs) -> np.ndarray:
         if isinstance(image, PIL.Image.Image):
@@ -184,4 +196,4 @@ class StableSamImageProcessor(SamImageProcessorPil):
         return masks, scores, rle_masks, boxes
 
 
-__all__ = ["StableSamImageProcessor", "batched_nms", "nms", "pairwise_box_iou"]
+__all__ = ["StableSamImageProcessor", "batched_nms", "nms", "pairwise_box_iou", "preprocess_shape"]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoProcessor, SamImageProcessorPil, SamProcessor
 
-from .image_processing_stable_sam import StableSamImageProcessor
+from .image_processing_stable_sam import StableSamImageProcessor, preprocess_shape
 from .prompts import DEFAULT_MASK_LOGIT, binarize_masks, masks_to_prompt_logits
 
 
@@ -73,7 +73,8 @@ class StableSamProcessor(SamProcessor):
 
     - prompt checks: points or boxes with NaN/inf, boxes with `x1 < x0` or `y1 < y0`, boxes entirely outside the image
       and labels other than 1 (foreground), 0 (background), -1 (not a point) or the padding value raise a `ValueError`
-      naming the argument; boxes partly outside the image are clipped to it with a warning;
+      naming the argument; coordinates outside the image (points, and boxes partly outside it) are clipped to its
+      border with a warning naming the argument, so that no coordinate, however large, reaches the model;
     - `input_masks`, one mask prompt per image, returned as SAM's low-resolution mask prompt: a
       `torch.Tensor` of shape `(batch_size, 1, mask_height, mask_width)` (256 x 256 for SAM's 1024 input), exactly what
       `SamModel`/`StableSamModel` take as `input_masks`. SAM adds one dense mask embedding per image to every prompt of
@@ -142,6 +143,7 @@ class StableSamProcessor(SamProcessor):
 
         prompts = {}
         if points is not None:
+            points = self._clip_points(points, labels, original_sizes, point_pad_value)
             prompts.update(self._prepare_points(points, labels, original_sizes, point_pad_value))
         if boxes is not None:
             boxes = self._clip_boxes(boxes, original_sizes)
@@ -228,8 +230,7 @@ class StableSamProcessor(SamProcessor):
     def _resize_coordinates(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         # (..., 2) [x, y] from the original image to the resized model input, as SamProcessor
         height, width = original_size
-        scale = self.target_size / max(height, width)
-        new_height, new_width = int(height * scale + 0.5), int(width * scale + 0.5)
+        new_height, new_width = preprocess_shape(height, width, self.target_size)
         return coords * np.array([new_width / width, new_height / height])
 
     def _prepare_points(self, points, labels, original_sizes, point_pad_value) -> dict[str, np.ndarray]:
@@ -256,6 +257,31 @@ class StableSamProcessor(SamProcessor):
         if labels is not None:
             result["input_labels"] = out_labels
         return result
+
+    def _clip_points(self, points, labels, original_sizes, point_pad_value) -> list[list[np.ndarray]]:
+        # Points outside the image are clipped to its border, as boxes are; -1 and padding points are not read
+        sizes = self._sizes_for_prompts(original_sizes, len(points), "input_points")
+        clipped = []
+        for index, (objects, (height, width)) in enumerate(zip(points, sizes)):
+            limits = np.array([width, height], dtype=np.float64)
+            inside, before, after = [], [], []
+            for number, obj in enumerate(objects):
+                used = np.ones(obj.shape[0], dtype=bool)
+                if labels is not None:
+                    used = ~np.isin(labels[index][number], (-1, point_pad_value))
+                inside.append(np.where(used[:, None], np.clip(obj, 0, limits), obj))
+                changed = (inside[-1] != obj).any(axis=1)
+                before += obj[changed].tolist()
+                after += inside[-1][changed].tolist()
+            if before:
+                warnings.warn(
+                    f"`input_points` entry {index} has points outside the {width}x{height} image, clipped to it: "
+                    f"{before} -> {after}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            clipped.append(inside)
+        return clipped
 
     def _clip_boxes(self, boxes: list[np.ndarray], original_sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         clipped = []
@@ -336,9 +362,7 @@ class StableSamProcessor(SamProcessor):
         if shape == tuple(original_size):
             if is_binary:
                 return masks_to_prompt_logits(mask[None], mask_size, pad_size, logit_scale=scale)[0]
-            height, width = original_size
-            target = mask_size / max(height, width)
-            new_size = (int(height * target + 0.5), int(width * target + 0.5))
+            new_size = preprocess_shape(*original_size, mask_size)
             logits = torch.nn.functional.interpolate(
                 mask[None, None].float(), new_size, mode="bilinear", align_corners=False, antialias=True
             )

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .image_processing_stable_sam import preprocess_shape
+
 
 DEFAULT_MASK_LOGIT = 20.0
 
@@ -375,9 +377,8 @@ def sample_points(
 
 
 def _prompt_frame_geometry(height: int, width: int, longest_edge: int) -> tuple[int, int]:
-    # Same rounding as SamImageProcessor._get_preprocess_shape
-    scale = longest_edge / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # The image processor's resize, so that mask prompts line up with the image
+    return preprocess_shape(height, width, longest_edge)
 
 
 def resize_masks_to_prompt_frame(
