@@ -18,6 +18,9 @@ ort = pytest.importorskip("onnxruntime", reason="the `onnx` extra (onnxruntime) 
 from tiny import perturb_plugins_  # noqa: E402
 
 
+# Each export traces a decoder (about 10 s on 2 cores)
+pytestmark = pytest.mark.slow
+
 TOY_MODEL = Path(__file__).resolve().parents[1] / "models" / "toy-sam-128"
 # Prompts in the resized input frame of a 128 px model; `scale` maps them to larger models
 PROMPTS = {
@@ -249,3 +252,13 @@ def test_half_precision_model_is_refused(tmp_path):
 def test_routing_weight_outside_unit_interval_is_refused(toy_model, tmp_path):
     with pytest.raises(ValueError, match=r"`routing_weight`.*\[0, 1\]"):
         export_decoder(toy_model, tmp_path / "decoder.onnx", routing_weight=1.5)
+
+
+def test_frozen_model_exported_under_no_grad_keeps_parity(tmp_path):
+    """The plugin block's inference path (in-place writes per prompt chunk) is not what gets traced."""
+    model = perturb_plugins_(StableSamModel.from_pretrained(TOY_MODEL).eval(), seed=3, std=0.3)
+    model.requires_grad_(False)
+    with torch.no_grad():
+        path = export_decoder(model, tmp_path / "decoder.onnx")
+    _check_parity(model, _session(path), "1_point", with_mask=False)
+    assert not any(param.requires_grad for param in model.parameters())

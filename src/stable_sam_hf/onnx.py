@@ -246,6 +246,7 @@ def _export_atomic(module: nn.Module, args: tuple, path: Path, **export_kwargs):
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             # TorchScript export on purpose: torch.export cannot trace an output size read from `orig_im_size`
             warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+            warnings.filterwarnings("ignore", message="The feature will be removed", module="torch.onnx")
             # The only advanced index is the argmax of the mask choice, never negative
             warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
             torch.onnx.export(module, args, str(temporary), dynamo=False, export_params=True, **export_kwargs)
