@@ -518,14 +518,17 @@ class StableSamAdapterMixin:
             kwargs["config"] = cls.config_class.from_sam_config(SamConfig.from_dict(config_dict), **plugin_kwargs)
         source = os.fspath(source)
         files = checkpoint_weight_files(source, variant=kwargs.get("variant"), **hub_kwargs)
-        dtypes = checkpoint_dtypes(files)
-        check_weights(dtypes, source=source, dtypes_only=True)
-
         loaded = super().from_pretrained(source, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        check_weights({key: value for key, value in model.state_dict().items() if key in dtypes}, source=source)
+        # The file's dtypes, since loading casts integer tensors silently; keys the model does not load are transformers'
+        state = model.state_dict()
+        dtypes = {key: dtype for key, dtype in checkpoint_dtypes(files).items() if key in state}
+        check_weights(dtypes, source=source, dtypes_only=True)
+        check_weights({key: state[key] for key in dtypes}, source=source)
         missing = [key for key in model.plugin_state_dict() if key not in dtypes]
-        if checks_plugins and files and missing:
+        # A checkpoint with SAM's weights and none or some of the plugins'; one with none of the model's weights gets
+        # transformers' report
+        if checks_plugins and dtypes and missing:
             if config_dict.get("model_type") == "stable_sam":
                 raise ValueError(
                     f"{source!r} is a Stable-SAM checkpoint (model_type 'stable_sam') but lacks {len(missing)} of its "
