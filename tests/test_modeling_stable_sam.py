@@ -1,13 +1,20 @@
 """Tests for StableSamModel, in the shape of transformers' tests/models/sam/test_modeling_sam.py."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, SamConfig, SamModel
 
 from stable_sam_hf import StableSamConfig, StableSamModel
-from stable_sam_hf.modeling_stable_sam import StableSamTwoWayAttentionBlock, is_plugin_parameter
+from stable_sam_hf.modeling_stable_sam import (
+    StableSamDeformableSampling,
+    StableSamTwoWayAttentionBlock,
+    is_plugin_parameter,
+)
 
-from tiny import IMAGE_SIZE, perturb_plugins_, tiny_sam_config, tiny_stable_sam_config
+from tiny import IMAGE_SIZE, perturb_plugins_, tiny_sam_config, tiny_sam_kwargs, tiny_stable_sam_config
 
 
 class StableSamModelTester:
@@ -194,6 +201,31 @@ class TestStableSamModel:
         model = StableSamModel(tester.get_config()).eval()
         with pytest.raises(ValueError, match=f"`{argument}`"):
             model(pixel_values=inputs["pixel_values"], **prompt_kwargs)
+
+    @pytest.mark.parametrize(
+        "prompt_kwargs",
+        [
+            {"input_boxes": torch.zeros(2, 1, 4)},
+            {"input_points": torch.zeros(2, 1, 1, 2), "input_labels": torch.ones(2, 1, 1, dtype=torch.long)},
+            {"input_boxes": torch.zeros(1, 1, 4), "input_masks": torch.zeros(2, 1, 32, 32)},
+        ],
+    )
+    def test_prompts_for_another_number_of_images_name_the_argument(self, tester, inputs, prompt_kwargs):
+        # One image with prompts for two: SAM failed in torch.cat or a reshape
+        model = StableSamModel(tester.get_config()).eval()
+        name = "input_masks" if "input_masks" in prompt_kwargs else next(iter(prompt_kwargs))
+        with pytest.raises(ValueError, match=f"`{name}` has prompts for 2 images but `pixel_values` holds 1"):
+            model(pixel_values=inputs["pixel_values"][:1], **prompt_kwargs)
+
+    @pytest.mark.parametrize("shape", [(3,), (1, 3), (2, 3, 1)])
+    def test_routing_weight_of_the_wrong_shape_names_it(self, tester, inputs, shape):
+        model = StableSamModel(tester.get_config()).eval()
+        with pytest.raises(ValueError, match="`routing_weight` must be a scalar or of shape"):
+            model(
+                pixel_values=inputs["pixel_values"],
+                input_boxes=inputs["boxes"][:, :2],
+                routing_weight=torch.full(shape, 0.5),
+            )
 
     def test_eager_and_sdpa_agree(self, tester, inputs):
         torch.manual_seed(0)
@@ -409,3 +441,91 @@ class TestTransformersConventions:
         match = re.search(r"^# Copyright (\d{4})", source, re.MULTILINE | re.IGNORECASE)
         assert match is not None and int(match.group(1)) >= 2023
         assert source.startswith("# Copyright") and "Apache License, Version 2.0" in source.split('"""')[0]
+
+
+def _wide_grid_pair():
+    """A fresh Stable-SAM and the SamModel with its SAM weights, on a 16 x 16 image embedding (128 input, patch 8)."""
+    kwargs = tiny_sam_kwargs()
+    kwargs["vision_config"]["image_size"] = kwargs["prompt_encoder_config"]["image_size"] = 128
+    torch.manual_seed(0)
+    stable = StableSamModel(StableSamConfig(**kwargs)).eval()
+    sam = SamModel(SamConfig(**kwargs)).eval()
+    sam.load_state_dict(stable.state_dict(), strict=False)
+    return sam, stable
+
+
+class TestHalfPrecision:
+    # bfloat16 keeps 8 significant bits, float16 11: IoU scores of order 1 agree to a few of their steps
+    IOU_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    def test_fresh_model_equals_sam(self, dtype):
+        sam, stable = _wide_grid_pair()
+        generator = torch.Generator().manual_seed(0)
+        embeddings = torch.randn(2, 32, 16, 16, generator=generator)
+        corners = torch.rand(2, 5, 2, 2, generator=generator).sort(dim=2).values * 128
+        inputs = {"image_embeddings": embeddings.to(dtype), "input_boxes": corners.reshape(2, 5, 4)}
+        with torch.no_grad():
+            expected = sam.to(dtype)(**inputs)
+            actual = stable.to(dtype)(**inputs)
+        assert not actual.pred_masks.isnan().any() and not actual.iou_scores.isnan().any()
+        # Same masks: a sign differs only where SAM's own logit is within rounding of 0
+        differs = (actual.pred_masks > 0) != (expected.pred_masks > 0)
+        assert (expected.pred_masks[differs].float().abs() < 1e-3).all()
+        tolerance = self.IOU_TOLERANCE[dtype]
+        torch.testing.assert_close(actual.iou_scores, expected.iou_scores, atol=tolerance, rtol=0)
+
+    def test_sampling_is_exact_in_half_precision(self):
+        # Zero offsets sample every feature where it is: the result is the input up to float32 grid rounding
+        plugin = StableSamDeformableSampling(8, kernel_size=3)
+        plugin.proj.reset_parameters()
+        plugin.offset_proj.reset_parameters()
+        features = torch.randn(2, 1, 24 * 20, 8, generator=torch.Generator().manual_seed(0))
+        for dtype in (torch.bfloat16, torch.float16):
+            sampled, offsets = plugin.to(dtype)(features.to(dtype), 24, 20)
+            assert sampled.dtype == dtype and offsets.dtype == dtype
+            torch.testing.assert_close(sampled, features.to(dtype), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def trained_toy():
+    """The shipped toy SAM with plugins trained briefly on cached embeddings of synthetic scenes, and held-out scenes."""
+    from stable_sam_toy import headroom
+    from stable_sam_toy.synthetic import generate_scenes
+    from stable_sam_toy.worlds import TOY_BASE
+
+    torch.manual_seed(0)
+    model = headroom.load_trainable("stable", str(TOY_BASE))
+    images, labels = generate_scenes(8, size=128, domain="train", seed=0)
+    headroom.train_on_embeddings(
+        model,
+        headroom.encode_scenes(model, images),
+        torch.from_numpy(labels),
+        steps=10,
+        prompt_types=("noisy_box", "points_1"),
+        learning_rate=1e-2,
+        images_per_step=4,
+    )
+    held_images, held_labels = generate_scenes(4, size=128, domain="train", seed=1)
+    return model.eval(), headroom.pixel_values(held_images), torch.from_numpy(held_labels)
+
+
+def test_trained_toy_model_bfloat16_miou_within_half_a_point_of_float32(trained_toy):
+    from stable_sam_hf.metrics import mask_iou
+    from stable_sam_toy import headroom
+
+    model, pixels, labels = trained_toy
+    scene, masks = headroom.all_objects(labels)
+    prompts = headroom.prompt_inputs(masks[:, None], "noisy_box", torch.Generator().manual_seed(1))
+    miou, alphas = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        half = copy.deepcopy(model).to(dtype)
+        with torch.no_grad():
+            embeddings = half.get_image_embeddings(pixels.to(dtype))
+            outputs = half(image_embeddings=embeddings[scene], multimask_output=False, **prompts)
+        logits = F.interpolate(outputs.pred_masks[:, 0].float(), size=masks.shape[-2:], mode="bilinear")[:, 0]
+        miou[dtype] = 100 * mask_iou(logits > 0, masks).mean().item()
+        alphas[dtype] = outputs.routing_weights[..., 0].float()
+    # The plugins have moved: DRP routes the prompts differently and away from SAM's 0.5 start
+    assert alphas[torch.float32].std() > 1e-3
+    assert abs(miou[torch.bfloat16] - miou[torch.float32]) < 0.5, miou

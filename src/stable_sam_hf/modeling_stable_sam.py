@@ -137,13 +137,14 @@ class StableSamDeformableSampling(_StableSamSamplingTrunk):
         offsets = self.offset_range * torch.tanh(self.offset_proj(hidden))  # B x H x W x 2
         spatial = projected.view(batch_size, height, width, hidden_size).permute(0, 3, 1, 2)
 
-        # Regular grid at the pixel centres (align_corners=True), shifted by the offsets
-        grid = _reference_grid(height, width, device=features.device, dtype=offsets.dtype)
-        scale = offsets.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-        grid = torch.addcmul(grid, offsets, scale)
-        sampled = F.grid_sample(spatial, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        sampled = sampled.permute(0, 2, 3, 1).reshape(batch_size, 1, height * width, hidden_size)  # B x 1 x HW x C
-        return sampled, offsets
+        # Regular grid at the pixel centres (align_corners=True), shifted by the offsets; float32, since a half-precision
+        # grid is off by up to half a pixel and CPU grid_sample is inexact in half precision
+        grid = _reference_grid(height, width, device=features.device)
+        scale = grid.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
+        grid = torch.addcmul(grid, offsets.float(), scale)
+        sampled = F.grid_sample(spatial.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = sampled.to(features.dtype).permute(0, 2, 3, 1)  # B x H x W x C
+        return sampled.reshape(batch_size, 1, height * width, hidden_size), offsets
 
 
 class StableSamSpatialAttention(_StableSamSamplingTrunk):
@@ -165,11 +166,19 @@ class StableSamSpatialAttention(_StableSamSamplingTrunk):
         return projected * weights.reshape(batch_size, 1, hw, 1), None
 
 
-def _reference_grid(height: int, width: int, *, device, dtype) -> torch.Tensor:
-    """Normalised `(x, y)` coordinates of the pixel centres, shape `(1, height, width, 2)`, for `align_corners=True`."""
-    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype) if height > 1 else torch.zeros(1, device=device)
-    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype) if width > 1 else torch.zeros(1, device=device)
-    grid_y, grid_x = torch.meshgrid(ys.to(dtype), xs.to(dtype), indexing="ij")
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return tuple(torch.broadcast_shapes(shape, target)) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+def _reference_grid(height: int, width: int, *, device) -> torch.Tensor:
+    """Normalised float32 `(x, y)` coordinates of the pixel centres, shape `(1, height, width, 2)`, for
+    `align_corners=True`."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device) if height > 1 else torch.zeros(1, device=device)
+    xs = torch.linspace(-1.0, 1.0, width, device=device) if width > 1 else torch.zeros(1, device=device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0)
 
 
@@ -404,7 +413,8 @@ class StableSamModel(StableSamAdapterMixin, SamModel):
             Whether to return the DSP sampling offsets of every plugin layer.
         """
         self._check_prompts(input_points, input_labels, input_boxes, input_masks)
-        routing_weight = self._check_routing_weight(routing_weight)
+        self._check_prompt_batch_size(pixel_values, image_embeddings, input_points, input_boxes, input_masks)
+        routing_weight = self._check_routing_weight(routing_weight, input_points, input_boxes)
         if output_sampling_offsets and self.config.sampling != "deformable":
             raise ValueError(
                 f"`output_sampling_offsets` needs deformable sampling; this model's `sampling` is "
@@ -457,7 +467,26 @@ class StableSamModel(StableSamAdapterMixin, SamModel):
                 )
 
     @staticmethod
-    def _check_routing_weight(routing_weight) -> torch.Tensor | None:
+    def _check_prompt_batch_size(pixel_values, image_embeddings, input_points, input_boxes, input_masks):
+        """Every prompt tensor has one entry per image, so the error names the prompt, not a `torch.cat` inside SAM."""
+        images = pixel_values if pixel_values is not None else image_embeddings
+        if not isinstance(images, torch.Tensor):
+            return
+        source = "`pixel_values`" if pixel_values is not None else "`image_embeddings`"
+        for name, prompt in (
+            ("input_points", input_points),
+            ("input_boxes", input_boxes),
+            ("input_masks", input_masks),
+        ):
+            if prompt is not None and prompt.shape[0] != images.shape[0]:
+                raise ValueError(
+                    f"`{name}` has prompts for {prompt.shape[0]} images but {source} holds {images.shape[0]}: the first "
+                    f"dimension of `{name}` is the image (several prompts of one image go in its one entry, along "
+                    "dimension 1)."
+                )
+
+    @staticmethod
+    def _check_routing_weight(routing_weight, input_points=None, input_boxes=None) -> torch.Tensor | None:
         if routing_weight is None:
             return None
         if isinstance(routing_weight, bool) or not isinstance(routing_weight, (int, float, torch.Tensor)):
@@ -471,6 +500,15 @@ class StableSamModel(StableSamAdapterMixin, SamModel):
                 f"`routing_weight` must be a scalar or of shape (batch_size, point_batch_size), "
                 f"got shape {tuple(routing_weight.shape)}."
             )
+        prompts = input_points if input_points is not None else input_boxes
+        if prompts is not None:
+            # SAM turns each box into one prompt of the point batch, as each object's points
+            expected = tuple(prompts.shape[:2])
+            if not _broadcasts_to(routing_weight.shape, expected):
+                raise ValueError(
+                    f"`routing_weight` must be a scalar or of shape (batch_size, point_batch_size) = {expected} (or "
+                    f"broadcast to it), got shape {tuple(routing_weight.shape)}."
+                )
         if torch.isnan(routing_weight).any() or (routing_weight < 0).any() or (routing_weight > 1).any():
             raise ValueError(f"`routing_weight` (alpha_1) must lie in [0, 1], got {routing_weight.tolist()}.")
         return routing_weight
