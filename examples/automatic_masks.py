@@ -22,6 +22,12 @@ from stable_sam_hf.inference import default_device, load_image, load_model_and_p
 from stable_sam_hf.visualization import draw_label, draw_masks, palette, png_path, save_png
 
 
+# Bounds of the prompt grid: 128 per side is 16,384 prompts per crop; 3 crop layers are 1 + 4 + 16 + 64 crops (8
+# layers ended in a ZeroDivisionError inside transformers)
+MAX_POINTS_PER_SIDE = 128
+MAX_CROPS_N_LAYERS = 3
+
+
 def collect_routing(model: StableSamModel) -> tuple[list[torch.Tensor], list]:
     """Records the alpha_1 that the DRP of the last plugin layer gives each prompt; returns (records, hook handles)."""
     records = []
@@ -49,12 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser: argparse.ArgumentParser, args) -> None:
-    if args.points_per_side < 1:
-        parser.error(f"--points_per_side must be >= 1, got {args.points_per_side}.")
+    if not 1 <= args.points_per_side <= MAX_POINTS_PER_SIDE:
+        parser.error(
+            f"--points_per_side must lie in [1, {MAX_POINTS_PER_SIDE}] (SAM: 32; the prompts grow as its square), "
+            f"got {args.points_per_side}."
+        )
     if args.points_per_batch < 1:
         parser.error(f"--points_per_batch must be >= 1, got {args.points_per_batch}.")
-    if args.crops_n_layers < 0:
-        parser.error(f"--crops_n_layers must be >= 0, got {args.crops_n_layers}.")
+    if not 0 <= args.crops_n_layers <= MAX_CROPS_N_LAYERS:
+        parser.error(
+            f"--crops_n_layers must lie in [0, {MAX_CROPS_N_LAYERS}] (layer i adds 4^i crops), got {args.crops_n_layers}."
+        )
     for option in ("pred_iou_thresh", "stability_score_thresh", "crops_nms_thresh"):
         value = getattr(args, option)
         if not 0 <= value <= 1:

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         "image", metavar="IMAGE", help="Image file (any format PIL reads: RGB, RGBA, grayscale, 16-bit)."
     )
     parser.add_argument(
-        "--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="Box prompt in image pixels."
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="Box prompt in image pixels (one; run once per object).",
     )
     parser.add_argument(
         "--point",
@@ -66,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.box is None and not args.point:
         parser.error("give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y LABEL.")
+    if args.box is not None and len(args.box) > 1:
+        parser.error(f"--box was given {len(args.box)} times; one mask takes one box (run once per object).")
+    args.box = args.box[0] if args.box is not None else None
     out = png_path(parser, args.out)
     overlay = png_path(parser, args.overlay, "--overlay") if args.overlay else overlay_path(out)
     try:

@@ -193,6 +193,23 @@ class TestSegment:
             segment.main, [image_path, *box, "--model", model_folder, "--out", tmp_path / "m.jpg"], capsys
         )
 
+    def test_box_given_twice_is_an_error(self, model_folder, image_path, tmp_path, capsys):
+        argv = [image_path, "--box", *BOX, "--box", 1, 2, 3, 4, "--model", model_folder, "--out", tmp_path / "m.png"]
+        assert "--box was given 2 times" in run_and_fail(segment.main, argv, capsys)
+        assert not (tmp_path / "m.png").exists()
+
+    def test_unwritable_out_is_an_early_error(self, model_folder, image_path, tmp_path, capsys):
+        not_a_folder = tmp_path / "notes.txt"
+        not_a_folder.write_text("a file where the output folder would go")
+        folder = tmp_path / "folder.png"
+        folder.mkdir()
+        for out in (not_a_folder / "m.png", folder):
+            message = run_and_fail(
+                segment.main, [image_path, "--box", *BOX, "--model", model_folder, "--out", out], capsys
+            )
+            assert "--out" in message and ("not a writable folder" in message or "is a folder" in message)
+        assert not_a_folder.read_text() == "a file where the output folder would go"
+
 
 class TestAutomaticMasks:
     def test_draws_the_pipelines_masks(self, model_folder, image_path, tmp_path, capsys):
@@ -219,6 +236,17 @@ class TestAutomaticMasks:
         base = [image_path, "--model", model_folder, "--out", tmp_path / "masks.png"]
         assert "--points_per_side" in run_and_fail(automatic_masks.main, [*base, "--points_per_side", 0], capsys)
         assert "--pred_iou_thresh" in run_and_fail(automatic_masks.main, [*base, "--pred_iou_thresh", 2], capsys)
+        # Past these the pipeline divided by zero (8 crop layers) or ran without bound (a million prompts)
+        assert "--crops_n_layers must lie in [0, 3]" in run_and_fail(
+            automatic_masks.main, [*base, "--crops_n_layers", 8], capsys
+        )
+        assert "--points_per_side must lie in [1, 128]" in run_and_fail(
+            automatic_masks.main, [*base, "--points_per_side", 1000], capsys
+        )
+        (tmp_path / "notes.txt").write_text("a file, not a folder")
+        assert "not a writable folder" in run_and_fail(
+            automatic_masks.main, [*base[:-1], tmp_path / "notes.txt" / "masks.png"], capsys
+        )
 
 
 class TestCompareWithSam:

@@ -3,6 +3,7 @@
 import argparse
 import colorsys
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,14 @@ def png_path(parser: argparse.ArgumentParser, value: str, option: str = "--out")
     path = Path(value)
     if path.suffix.lower() != ".png":
         parser.error(f"{option} {value!r} must be a .png file.")
+    if path.is_dir():
+        parser.error(f"{option} {value!r} is a folder; give the path of a .png file.")
+    # save_png makes missing folders: the nearest existing one must be a folder this process can write to
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"{option} {value!r} cannot be written: {str(folder)!r} is not a writable folder.")
     return path
 
 
