@@ -175,6 +175,23 @@ def child_env(args: QuickstartArguments) -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")} if local else dict(os.environ)
 
 
+# Marks a folder as the quickstart's own: only there does a rerun replace the scenes and runs it wrote before
+OUTPUT_MARKER = ".stable-sam-quickstart"
+
+
+def claim_output_dir(output_dir: Path) -> None:
+    """Makes `output_dir` the quickstart's, refusing a non-empty folder that an earlier quickstart did not write."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file; expected a folder (new, empty, or the quickstart's)")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / OUTPUT_MARKER).is_file():
+        raise ValueError(
+            f"--output_dir {output_dir} holds files the quickstart did not write, and a rerun replaces its scenes and "
+            "runs there; choose a new or empty folder"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / OUTPUT_MARKER).write_text("Written by examples/quickstart.py; reruns replace its scenes and runs.\n")
+
+
 def make_synthetic_dataset(args: QuickstartArguments, config: "SceneConfig", output_dir: Path) -> Path:
     from stable_sam_toy.synthetic import SceneConfig, write_coco_scenes, write_scene_tree
 
@@ -399,7 +416,7 @@ def main(argv=None):
         args.output_size = AutoConfig.from_pretrained(args.base_model).vision_config.image_size
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(output_dir)
     start = time.perf_counter()
 
     dataset = Path(args.dataset) if args.dataset else make_synthetic_dataset(args, config, output_dir)

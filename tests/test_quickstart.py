@@ -174,3 +174,27 @@ def test_quickstart_rejects_a_bad_scene_knob_before_any_work(tmp_path):
         with pytest.raises(ValueError, match="`methods` must name distinct methods among"):
             quickstart.main(["--output_dir", str(tmp_path / "run"), "--methods", *methods])
     assert not (tmp_path / "run").exists()
+
+
+def test_quickstart_never_replaces_a_folder_it_did_not_write(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import quickstart
+
+    # A user's folder that happens to hold a `runs/stable` and `scenes/`: a rerun would delete them
+    user_dir = tmp_path / "mine"
+    (user_dir / "runs" / "stable").mkdir(parents=True)
+    (user_dir / "runs" / "stable" / "model.safetensors").write_bytes(b"weights")
+    (user_dir / "scenes").mkdir()
+    with pytest.raises(ValueError, match="holds files the quickstart did not write"):
+        quickstart.main(["--output_dir", str(user_dir)])
+    assert (user_dir / "runs" / "stable" / "model.safetensors").read_bytes() == b"weights"
+    assert (user_dir / "scenes").is_dir()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        quickstart.claim_output_dir(a_file)
+    # A new folder becomes the quickstart's, and stays claimable after a run has written into it
+    ours = tmp_path / "ours"
+    quickstart.claim_output_dir(ours)
+    (ours / "runs" / "stable").mkdir(parents=True)
+    quickstart.claim_output_dir(ours)
