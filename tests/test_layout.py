@@ -2,6 +2,8 @@
 the product imports neither."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,15 @@ def test_packages_import_no_script_and_the_product_no_toy(package, forbidden):
         imported = imported_modules(module)
         assert not imported & (SCRIPT_NAMES | TEST_NAMES | forbidden), f"{module.relative_to(ROOT)} imports {imported}"
         assert "sys.path" not in module.read_text(), f"{module.relative_to(ROOT)} changes sys.path"
+
+
+def test_the_model_and_processor_load_without_the_training_recipe():
+    # `import stable_sam_hf` (what remote code and inference need) pulls in none of the training library (transformers itself loads accelerate when it is installed)
+    code = (
+        "import sys, stable_sam_hf; "
+        "loaded = sorted(name for name in sys.modules if name.split('.')[0] in {'datasets', 'peft'} "
+        "or name in {'stable_sam_hf.prompts', 'stable_sam_hf.data', 'stable_sam_hf.methods', 'stable_sam_hf.evaluation'}); "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"`import stable_sam_hf` loads {result.stdout.strip()}{result.stderr[-2000:]}"

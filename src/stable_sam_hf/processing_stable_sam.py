@@ -7,7 +7,7 @@ import torch
 from transformers import AutoImageProcessor, AutoProcessor, SamImageProcessorPil, SamProcessor
 
 from .image_processing_stable_sam import StableSamImageProcessor, preprocess_shape
-from .prompts import DEFAULT_MASK_LOGIT, binarize_masks, masks_to_prompt_logits
+from .mask_prompts import DEFAULT_MASK_LOGIT, binarize_masks, masks_to_prompt_logits
 
 
 VALID_POINT_LABELS = (0, 1, -1)
