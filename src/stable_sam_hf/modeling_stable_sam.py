@@ -258,7 +258,7 @@ class StableSamTwoWayAttentionBlock(SamTwoWayAttentionBlock):
     ):
         call = self.plugin_call if self.plugin_call is not None else _PluginCall()
         batch_size, point_batch_size = queries.shape[:2]
-        side = int(round(keys.shape[2] ** 0.5))
+        side = int(keys.shape[2] ** 0.5 + 0.5)  # not round(): a traced size (ONNX export) has no __round__
 
         # Self attention block
         if self.skip_first_layer_pe:

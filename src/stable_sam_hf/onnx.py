@@ -19,7 +19,6 @@ import json
 import os
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock
 
-from . import modeling_stable_sam
 from .inference import default_image_processor, load_image, load_model_and_processor
 from .modeling_stable_sam import (
     StableSamDeformableSampling,
@@ -213,11 +211,6 @@ def decoder_example_inputs(model: StableSamModel, num_points: int = 3) -> dict[s
     }
 
 
-def _traced_round(value, ndigits=None):
-    # The plugin block takes `round(sqrt(num_pixels))`; a traced size is a 0-d tensor, which has no `__round__`
-    return round(float(value) if isinstance(value, torch.Tensor) else value, ndigits)
-
-
 @contextlib.contextmanager
 def _one_pass_plugins(model: StableSamModel):
     """
@@ -240,8 +233,7 @@ def _export_atomic(module: nn.Module, args: tuple, path: Path, **export_kwargs):
     """`torch.onnx.export` to a temporary sibling, renamed over `path` when complete."""
     temporary = path.with_name(path.name + ".tmp")
     try:
-        # The embedding size is fixed per model, so the plugin block's side length is a constant of the graph
-        with warnings.catch_warnings(), mock.patch.object(modeling_stable_sam, "round", _traced_round, create=True):
+        with warnings.catch_warnings():
             # The tracer's notes on Python values (the shape-derived point count) are expected
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             # TorchScript export on purpose: torch.export cannot trace an output size read from `orig_im_size`
