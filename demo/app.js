@@ -96,9 +96,12 @@ async function decodeImage(blob, name) {
 }
 
 function resizedSize(width, height) {
-  // The image processor's resize: longest side to input_size, rounded half up
+  // The image processor's resize: longest side to input_size, rounded half up, neither side below one pixel; prompts
+  // scale by each axis's own factor (segment-anything's ResizeLongestSide.apply_coords)
   const scale = meta.input_size / Math.max(width, height);
-  return [Math.floor(height * scale + 0.5), Math.floor(width * scale + 0.5), scale];
+  const newHeight = Math.max(1, Math.floor(height * scale + 0.5));
+  const newWidth = Math.max(1, Math.floor(width * scale + 0.5));
+  return [newHeight, newWidth, newWidth / width, newHeight / height];
 }
 
 function pixelValues(bitmap) {
@@ -197,15 +200,15 @@ async function setImage(blob, name) {
 
 function promptTensors() {
   // segment-anything's encoding: points (label 1 / 0), then the box corners (2 / 3), else a padding point (-1)
-  const [, , scale] = resizedSize(image.width, image.height);
+  const [, , scaleX, scaleY] = resizedSize(image.width, image.height);
   const coords = [];
   const labels = [];
   for (const point of state.points) {
-    coords.push([point.x * scale, point.y * scale]);
+    coords.push([point.x * scaleX, point.y * scaleY]);
     labels.push(point.label);
   }
   if (state.box) {
-    coords.push([state.box.x0 * scale, state.box.y0 * scale], [state.box.x1 * scale, state.box.y1 * scale]);
+    coords.push([state.box.x0 * scaleX, state.box.y0 * scaleY], [state.box.x1 * scaleX, state.box.y1 * scaleY]);
     labels.push(2, 3);
   } else {
     coords.push([0, 0]);

@@ -9,6 +9,7 @@ import torch
 from transformers import SamConfig, SamModel
 
 from stable_sam_hf import StableSamConfig, StableSamModel
+from stable_sam_hf.image_processing_stable_sam import preprocess_shape
 from stable_sam_hf.inference import default_image_processor
 from stable_sam_hf.onnx import export_decoder, export_encoder, export_onnx, main
 
@@ -94,9 +95,7 @@ def _check_parity(model, session, prompt, *, with_mask, scale=1.0, orig_size=(10
 
     # Masks at the original size against the image processor's post-processing
     height, width = orig_size
-    image_size = config.image_size
-    resize = image_size / max(height, width)
-    reshaped = (int(height * resize + 0.5), int(width * resize + 0.5))
+    reshaped = preprocess_shape(height, width, config.image_size)
     expected_masks = default_image_processor(model).post_process_masks(
         expected_low_res[None, None, None], [orig_size], [reshaped], binarize=True
     )[0][0, 0]
@@ -145,6 +144,13 @@ def test_toy_decoder_parity(toy_model, toy_export, prompt, with_mask):
     output_dir, _ = toy_export
     routing = _check_parity(toy_model, _session(output_dir / "decoder.onnx"), prompt, with_mask=with_mask)
     assert 0.0 < routing[0, 0] < 1.0
+
+
+@pytest.mark.parametrize("orig_size", [(3, 5000), (5000, 3)], ids=["3x5000", "5000x3"])
+def test_toy_decoder_extreme_aspect_ratio(toy_model, toy_export, orig_size):
+    # The short side resizes to one pixel, not zero, as the image processor does
+    output_dir, _ = toy_export
+    _check_parity(toy_model, _session(output_dir / "decoder.onnx"), "box", with_mask=False, orig_size=orig_size)
 
 
 @pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask_input"])

@@ -144,7 +144,8 @@ class StableSamOnnxDecoder(nn.Module):
         # Pad frame, crop to the resized image, then the original size (as the image processor's post-processing)
         masks = F.interpolate(masks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         orig_im_size = orig_im_size.to(torch.float32)
-        resized = torch.floor(orig_im_size * (self.image_size / orig_im_size.max()) + 0.5).to(torch.int64)
+        # As preprocess_shape: rounded half up, neither side below one pixel
+        resized = torch.floor(orig_im_size * (self.image_size / orig_im_size.max()) + 0.5).clamp(min=1).to(torch.int64)
         masks = masks[..., : resized[0], : resized[1]]
         size = orig_im_size.to(torch.int64)
         return F.interpolate(masks, size=(size[0], size[1]), mode="bilinear", align_corners=False)
