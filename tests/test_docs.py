@@ -39,3 +39,10 @@ def test_relative_links_reach_a_file_and_a_heading(page):
         assert destination.exists(), f"{page.name}: {target} points to a missing file"
         if anchor:
             assert anchor in heading_anchors(destination), f"{page.name}: {target} names no heading"
+
+
+def test_readme_is_short_and_ci_runs_its_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 260, "the README is user documentation: measurements belong in docs/"
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci_command in readme.splitlines(), f"the README's test command is not .ci/run's: {ci_command}"
