@@ -5,7 +5,9 @@
 
 `--model` is an adapter folder or a full checkpoint; it is loaded with `StableSamModel.from_pretrained` and saved
 again, so exactly the release files are uploaded (plugin weights, config naming the base SAM checkpoint, remote-code
-modules, processor files, model card), whatever else the folder holds. A non-empty `--local_dir` needs
+modules, processor files, model card), whatever else the folder holds. The adapter of a full checkpoint whose SAM
+weights differ from its base's (a fine-tuned decoder) is refused, naming them: publish it with `--full_checkpoint`, or
+pass `--plugins_only` to keep only its plugins. A non-empty `--local_dir` needs
 `--overwrite_local_dir` (nothing in it is deleted), and a model whose plugins were never trained needs
 `--allow_untrained_plugins`. The token comes from `HF_TOKEN` or `hf auth login`; it is never printed.
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from stable_sam_hf import StableSamModel
-from stable_sam_hf.upload import untrained_plugin_layers
+from stable_sam_hf.upload import check_plugins_trained
 
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,13 @@ class PushArguments:
         metadata={"help": "Base SAM checkpoint to record (and load an adapter onto) instead of the config's."},
     )
     full_checkpoint: bool = field(default=False, metadata={"help": "Publish every weight, not the plugins only."})
+    plugins_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Publish the adapter of a full checkpoint whose SAM weights differ from the base's (a fine-tuned "
+            "decoder), keeping only its plugins."
+        },
+    )
     overwrite_local_dir: bool = field(
         default=False,
         metadata={"help": "Write into a non-empty --local_dir (only the release files; nothing is deleted)."},
@@ -75,14 +84,10 @@ def main(argv: list[str] | None = None):
             )
 
     model = StableSamModel.from_pretrained(args.model, base_model_name_or_path=args.base_model_name_or_path)
-    untrained = untrained_plugin_layers(model)
-    if len(untrained) == len(model.config.plugin_layers) and not args.allow_untrained_plugins:
-        raise ValueError(
-            f"The plugins of {args.model!r} were never trained: it computes SAM's masks, and its release would hold "
-            "fresh plugins. Train them first, or pass --allow_untrained_plugins."
-        )
+    check_plugins_trained(model, args.allow_untrained_plugins, escape="--allow_untrained_plugins")
     release = {
         "full_checkpoint": args.full_checkpoint,
+        "plugins_only": args.plugins_only,
         "base_model_name_or_path": args.base_model_name_or_path,
         "evaluation_results": evaluation,
     }

@@ -842,3 +842,117 @@ def test_convert_refuses_a_checkpoint_whose_sam_weights_were_fine_tuned(trained,
     loaded_state = StableSamModel.from_pretrained(tmp_path / "adapter").state_dict()
     for key, value in trained.plugin_state_dict().items():
         torch.testing.assert_close(loaded_state[key], value, rtol=0, atol=0)
+
+
+# Saves are atomic per file, refusals change nothing, publishing checks what it publishes
+
+
+def _write_part_then_fail(tensors, filename, metadata=None):
+    """Stands in for safetensors' `save_file`: the process dies after writing part of the file."""
+    with open(filename, "wb") as file:
+        file.write(b"\x00" * 64)
+    raise RuntimeError("killed while writing the weights")
+
+
+def test_a_kill_while_saving_into_the_sam_folder_keeps_its_weights(sam_base, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    folder = tmp_path / "my_sam"
+    shutil.copytree(sam_base, folder)
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    model = perturb_plugins_(StableSamModel.from_pretrained(folder), seed=4).eval()
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", _write_part_then_fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        model.save_pretrained(folder)
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+    SamModel.from_pretrained(folder)
+
+
+def test_a_kill_while_saving_an_adapter_keeps_the_earlier_adapter_whole(trained, adapter_dir, tmp_path, monkeypatch):
+    import stable_sam_hf.adapter
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, folder)
+    config_before = (folder / "config.json").read_bytes()
+    model = perturb_plugins_(copy.deepcopy(trained), seed=7)
+    model.config.offset_range = trained.config.offset_range * 2
+    monkeypatch.setattr(stable_sam_hf.adapter, "safe_save_file", _write_part_then_fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        model.save_pretrained(folder)
+    assert (folder / "config.json").read_bytes() == config_before
+    assert not [name for name in os.listdir(folder) if name.startswith(".")]
+    _assert_same_outputs(StableSamModel.from_pretrained(folder), trained)
+
+
+def test_a_full_checkpoint_is_not_saved_over_shards_it_would_not_replace(tmp_path):
+    folder = tmp_path / "sharded_sam"
+    torch.manual_seed(0)
+    SamModel(SamConfig(**tiny_sam_kwargs())).save_pretrained(folder, max_shard_size="100KB")
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    assert "model.safetensors.index.json" in before
+    model = StableSamModel.from_pretrained(folder)
+    with pytest.raises(ValueError, match="would not replace") as error:
+        model.save_pretrained(folder)
+    assert "model-00001-of-" in str(error.value)
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+    SamModel.from_pretrained(folder)
+
+
+def test_a_refused_save_leaves_the_config_unchanged(trained, tmp_path):
+    folder = tmp_path / "full"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"user weights")
+    model = copy.deepcopy(trained)
+    base = model.config.base_model_name_or_path
+    with pytest.raises(ValueError, match="holds a full checkpoint"):
+        model.save_pretrained(folder, base_model_name_or_path="user/other-sam")
+    assert model.config.base_model_name_or_path == base
+
+
+def test_save_pretrained_push_to_hub_refuses_untrained_plugins(sam_base, recording_api, tmp_path):
+    model = StableSamModel.from_pretrained(sam_base)
+    with pytest.raises(ValueError, match="allow_untrained_plugins"):
+        model.save_pretrained(tmp_path / "fresh", push_to_hub=True, repo_id="user/fresh")
+    assert not _call(recording_api, "upload_folder") and not (tmp_path / "fresh").exists()
+    model.save_pretrained(tmp_path / "fresh", push_to_hub=True, repo_id="user/fresh", allow_untrained_plugins=True)
+    assert len(_call(recording_api, "upload_folder")) == 1
+
+
+def test_an_adapter_of_a_fine_tuned_full_checkpoint_is_refused_unless_plugins_only(
+    trained, sam_base, recording_api, tmp_path
+):
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.add_(0.5)
+    full = tmp_path / "full"
+    model.save_pretrained(full, full_checkpoint=True, base_model_name_or_path=sam_base)
+    script = _load_example("push_to_hub_example_fine_tuned", REPO_ROOT / "examples" / "push_to_hub.py")
+    for target in (["--local_dir", os.fspath(tmp_path / "local")], ["--repo_id", "user/fine-tuned"]):
+        with pytest.raises(ValueError, match="plugins_only") as error:
+            script.main(["--model", os.fspath(full), "--base_model_name_or_path", sam_base, *target])
+        assert "mask_decoder.iou_token.weight" in str(error.value) and "1 SAM weights" in str(error.value)
+    assert not (tmp_path / "local").exists() and not _call(recording_api, "upload_folder")
+    with pytest.raises(ValueError, match="plugins_only"):
+        StableSamModel.from_pretrained(full).save_pretrained(tmp_path / "direct")
+
+    written = script.main(
+        ["--model", os.fspath(full), "--local_dir", os.fspath(tmp_path / "plugins"), "--plugins_only"]
+    )
+    assert set(written) == ADAPTER_FILES
+    script.main(["--model", os.fspath(full), "--local_dir", os.fspath(tmp_path / "whole"), "--full_checkpoint"])
+    _assert_same_outputs(StableSamModel.from_pretrained(tmp_path / "whole"), model)
+
+
+def test_convert_refuses_a_base_whose_weight_names_do_not_match(trained, sam_base, tmp_path):
+    copy.deepcopy(trained).save_pretrained(tmp_path / "full", full_checkpoint=True)
+    renamed = tmp_path / "renamed_sam"
+    renamed.mkdir()
+    shutil.copyfile(Path(sam_base) / "config.json", renamed / "config.json")
+    tensors = load_file(Path(sam_base) / "model.safetensors")
+    save_file({f"sam.{key}": tensor for key, tensor in tensors.items()}, renamed / "model.safetensors")
+    with pytest.raises(ValueError, match="lacks") as error:
+        convert_to_adapter(
+            tmp_path / "adapter", checkpoint=tmp_path / "full", base_model_name_or_path=os.fspath(renamed)
+        )
+    assert os.fspath(renamed) in str(error.value)
+    assert not (tmp_path / "adapter").exists()

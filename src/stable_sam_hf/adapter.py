@@ -50,6 +50,7 @@ from .file_resolution import (
     decoder_width,
     hub_kwargs_of,
     is_hub_id,
+    iter_checkpoint_tensors,
     matching_files,
     read_config_dict,
     resolve_file,
@@ -133,6 +134,40 @@ def _copy_processor_file(source: str, target: str):
     os.replace(temporary, target)
 
 
+def _replace_files(staging: str, save_directory: str, names: Sequence[str]):
+    """Renames the complete files `names` of `staging` over those of `save_directory`: weights first, config last."""
+    order = {CONFIG_NAME: 2}
+    for name in sorted(names, key=lambda name: (order.get(name, 1 if name.endswith(".index.json") else 0), name)):
+        os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
+
+
+def weights_differing_from_base(model, base: str) -> list[str]:
+    """
+    The non-plugin weights of `model` that differ from those of the SAM checkpoint `base` (read one at a time). Raises
+    when the base's file does not hold every non-plugin weight of the model under its name: nothing would be compared.
+    """
+    files = checkpoint_weight_files(base)
+    if not files:
+        raise ValueError(f"Cannot read the weights of the base SAM checkpoint {base!r} to compare the model with.")
+    # Tied copies are not saved; their source is compared
+    skipped = set(model.plugin_state_dict()) | set(model.all_tied_weights_keys)
+    state = {key: tensor for key, tensor in model.state_dict().items() if key not in skipped}
+    compared, differing = set(), []
+    for key, tensor in iter_checkpoint_tensors(files):
+        if key in state:
+            compared.add(key)
+            if not torch.equal(state[key], tensor.to(state[key].dtype)):
+                differing.append(key)
+    if len(compared) < len(state):
+        missing = sorted(set(state) - compared)
+        raise ValueError(
+            f"The base SAM checkpoint {base!r} lacks {len(missing)} of the model's {len(state)} SAM weights under their "
+            f"names ({', '.join(missing[:5])}{' and more' if len(missing) > 5 else ''}): the model's SAM weights cannot "
+            "be compared with it. Is it a SAM checkpoint in transformers' layout?"
+        )
+    return differing
+
+
 class StableSamAdapterMixin:
     """
     Adapter releases for `StableSamModel`: `save_pretrained` writes the plugin weights only (or a full checkpoint on
@@ -175,7 +210,9 @@ class StableSamAdapterMixin:
         model_card_kwargs: Mapping | None = None,
         is_main_process: bool = True,
         state_dict: Mapping[str, torch.Tensor] | None = None,
+        plugins_only: bool = False,
         push_to_hub: bool = False,
+        allow_untrained_plugins: bool = False,
         **kwargs,
     ) -> list[str]:
         """
@@ -183,9 +220,11 @@ class StableSamAdapterMixin:
 
         Args:
             save_directory (`str` or `os.PathLike`):
-                Folder to write to; created when missing. Nothing in it is deleted: a folder that holds the weights of
-                the other layout (`model*.safetensors` / `pytorch_model*.bin` for an adapter, `adapter_model.safetensors`
-                for a full checkpoint) is refused, and a `README.md` that is not a Stable-SAM model card is kept.
+                Folder to write to; created when missing. Nothing in it is deleted: the files are written into a
+                temporary folder inside it and each one replaces the file of the same name when complete. A folder that
+                holds the weights of the other layout (`model*.safetensors` / `pytorch_model*.bin` for an adapter,
+                `adapter_model.safetensors` for a full checkpoint), or full-checkpoint weight files that this save does
+                not replace, is refused, and a `README.md` that is not a Stable-SAM model card is kept.
             full_checkpoint (`bool`, *optional*):
                 Whether to write every weight in `model.safetensors`, as `SamModel.save_pretrained` does, instead of the
                 plugin weights only in `adapter_model.safetensors`. By default, an adapter when the base SAM checkpoint
@@ -210,9 +249,15 @@ class StableSamAdapterMixin:
                 Only the main process writes.
             state_dict (`dict[str, torch.Tensor]`, *optional*):
                 Weights to save instead of the model's own; an adapter keeps its plugin entries.
+            plugins_only (`bool`, *optional*, defaults to `False`):
+                Save an adapter of a model loaded from a full checkpoint even when its SAM weights differ from the
+                base's (a fine-tuned decoder), keeping only its plugins. Without it such an adapter is refused, naming
+                the weights that differ, since it would not reproduce the model.
             push_to_hub (`bool`, *optional*, defaults to `False`):
                 Whether to upload the written files afterwards (`repo_id`, `private`, `token`, `revision`,
                 `commit_message`, `commit_description`, `create_pr` are read from `kwargs`); see `push_to_hub`.
+            allow_untrained_plugins (`bool`, *optional*, defaults to `False`):
+                With `push_to_hub`: upload a model whose plugins were never trained, as `push_to_hub` does.
             kwargs:
                 Passed to `SamModel.save_pretrained` for a full checkpoint.
 
@@ -223,19 +268,31 @@ class StableSamAdapterMixin:
         if not is_main_process:
             return []
         save_directory = os.fspath(save_directory)
-        self._check_save_arguments(save_directory, processor, base_model_name_or_path)
+        base = self._check_save_arguments(save_directory, processor, base_model_name_or_path)
         model_card, upload = _package_module("model_card"), _package_module("upload")
         if model_card is None and (evaluation_results or model_card_kwargs or push_to_hub):
             raise ImportError("Model cards and uploads need the `stable-sam-hf` package: `pip install stable-sam-hf`.")
         evaluation_rows = model_card.check_evaluation_results(evaluation_results) if model_card else []
-        full_checkpoint = self._choose_layout(save_directory, full_checkpoint)
+        full_checkpoint = self._choose_layout(save_directory, full_checkpoint, base)
+        if push_to_hub:
+            upload.check_plugins_trained(self, allow_untrained_plugins, escape="`allow_untrained_plugins=True`")
+        if not full_checkpoint and not plugins_only:
+            self._check_sam_weights_match_base(base)
+        # Only a save that passed every check changes the config
+        self.config.base_model_name_or_path = base
         os.makedirs(save_directory, exist_ok=True)
         self._add_auto_map_for_mask_generation()
 
-        if full_checkpoint:
-            written = self._save_full_checkpoint(save_directory, state_dict, kwargs)
-        else:
-            written = self._save_adapter(save_directory, state_dict, kwargs)
+        # Each file is written in full into a temporary folder beside the targets, then renamed over them
+        staging = tempfile.mkdtemp(prefix=".stable-sam-save-", dir=save_directory)
+        try:
+            if full_checkpoint:
+                written = self._save_full_checkpoint(staging, save_directory, state_dict, kwargs)
+            else:
+                written = self._save_adapter(staging, state_dict, kwargs)
+            _replace_files(staging, save_directory, written)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         written += self._save_processor(save_directory, processor)
         if model_card is not None:
             written += model_card.write_model_card(
@@ -268,12 +325,12 @@ class StableSamAdapterMixin:
                     "`base_model_name_or_path` must be a SAM checkpoint's Hub id or folder, "
                     f"got {base_model_name_or_path!r}."
                 )
-            self.config.base_model_name_or_path = base_model_name_or_path
+            return base_model_name_or_path
+        return self.config.base_model_name_or_path
 
-    def _choose_layout(self, save_directory: str, full_checkpoint: bool | None) -> bool:
-        """Whether to save a full checkpoint; refuses the saves that would delete weights or make a folder its own
-        base."""
-        base = self.config.base_model_name_or_path
+    def _choose_layout(self, save_directory: str, full_checkpoint: bool | None, base: str | None) -> bool:
+        """Whether to save a full checkpoint onto `base`; refuses the saves that would delete weights or make a folder
+        its own base."""
         into_base = base is not None and _same_folder(base, save_directory)
         if full_checkpoint is None:
             full_checkpoint = base is None or into_base
@@ -306,17 +363,39 @@ class StableSamAdapterMixin:
             )
         return full_checkpoint
 
-    def _save_full_checkpoint(self, save_directory: str, state_dict, kwargs) -> list[str]:
+    def _check_sam_weights_match_base(self, base: str | None):
+        """Refuses an adapter of a model whose SAM weights came from a full checkpoint and differ from the base's."""
+        source = getattr(self, "_sam_weights_source", None)
+        if base is None or source is None or source == base:
+            return
+        differing = weights_differing_from_base(self, base)
+        if differing:
+            raise ValueError(
+                f"The model loaded from {source!r} differs from its base {base!r} in {len(differing)} SAM weights "
+                f"({', '.join(differing[:5])}{' and more' if len(differing) > 5 else ''}): an adapter keeps the plugin "
+                "weights only and would not reproduce it. Save it as a full checkpoint (`full_checkpoint=True`), or "
+                "pass `plugins_only=True` (`--plugins_only`) to keep only its plugins."
+            )
+
+    def _save_full_checkpoint(self, staging: str, save_directory: str, state_dict, kwargs) -> list[str]:
         base = self.config.base_model_name_or_path
         if base is not None and _same_folder(base, save_directory):
             # A folder is never its own base
             self.config.base_model_name_or_path = None
         try:
-            super().save_pretrained(save_directory, is_main_process=True, state_dict=state_dict, **kwargs)
+            super().save_pretrained(staging, is_main_process=True, state_dict=state_dict, **kwargs)
         finally:
             self.config.base_model_name_or_path = base
-        patterns = FULL_WEIGHTS_PATTERNS if kwargs.get("safe_serialization") is False else FULL_WEIGHTS_PATTERNS[:3]
-        return [*matching_files(save_directory, patterns), CONFIG_NAME, *self._remote_code_file_names()]
+        written = sorted(os.listdir(staging))
+        # Weight files of an earlier save that this one does not replace would be loaded with the new ones
+        stale = [name for name in matching_files(save_directory, FULL_WEIGHTS_PATTERNS) if name not in written]
+        if stale:
+            raise ValueError(
+                f"{save_directory!r} holds the weight files {', '.join(stale)}, which this full checkpoint "
+                f"({', '.join(name for name in written if name != CONFIG_NAME)}) would not replace, and a save deletes "
+                "nothing it did not write. Save into another folder, or remove those files first."
+            )
+        return written
 
     def _save_adapter(self, save_directory: str, state_dict, kwargs) -> list[str]:
         ignored = sorted(set(kwargs) & set(FULL_CHECKPOINT_KWARGS))
@@ -339,9 +418,7 @@ class StableSamAdapterMixin:
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(next(iter(tensors.values())).dtype).split(".")[1]
         self.config.save_pretrained(save_directory)
-        weights_file = os.path.join(save_directory, ADAPTER_WEIGHTS_NAME)
-        safe_save_file(tensors, f"{weights_file}.tmp", metadata={"format": "pt"})
-        os.replace(f"{weights_file}.tmp", weights_file)
+        safe_save_file(tensors, os.path.join(save_directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
         return [ADAPTER_WEIGHTS_NAME, CONFIG_NAME, *self._remote_code_file_names()]
 
     def _saves_remote_code(self) -> bool:
@@ -379,7 +456,8 @@ class StableSamAdapterMixin:
                     if name in PROCESSOR_FILES:
                         _copy_processor_file(source, target)
                     else:
-                        shutil.copyfile(source, target)
+                        shutil.copyfile(source, f"{target}.tmp")
+                        os.replace(f"{target}.tmp", target)
             return names
         sources = [self.config.name_or_path, self.config.base_model_name_or_path]
         for source in dict.fromkeys(str(source) for source in sources if source):
@@ -520,6 +598,9 @@ class StableSamAdapterMixin:
         files = checkpoint_weight_files(source, variant=kwargs.get("variant"), **hub_kwargs)
         loaded = super().from_pretrained(source, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if checks_plugins and config_dict.get("model_type") == "stable_sam":
+            # A full Stable-SAM checkpoint may hold fine-tuned SAM weights: an adapter saved from it is checked
+            model._sam_weights_source = source
         # The file's dtypes, since loading casts integer tensors silently; keys the model does not load are transformers'
         state = model.state_dict()
         dtypes = {key: dtype for key, dtype in checkpoint_dtypes(files).items() if key in state}
@@ -685,4 +766,4 @@ class StableSamAdapterMixin:
         self.load_state_dict(dict(state_dict), strict=False)
 
 
-__all__ = ["ADAPTER_WEIGHTS_NAME", "StableSamAdapterMixin", "plugin_config_keys"]
+__all__ = ["ADAPTER_WEIGHTS_NAME", "StableSamAdapterMixin", "plugin_config_keys", "weights_differing_from_base"]

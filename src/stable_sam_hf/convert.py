@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file as safe_load_file
 
+from .adapter import weights_differing_from_base
 from .configuration_stable_sam import StableSamConfig
-from .file_resolution import checkpoint_weight_files, decoder_width, iter_checkpoint_tensors, read_config_dict
+from .file_resolution import decoder_width, read_config_dict
 from .model_card import check_evaluation_results
-from .modeling_stable_sam import PLUGIN_MODULE_NAMES, StableSamModel, is_plugin_parameter
+from .modeling_stable_sam import PLUGIN_MODULE_NAMES, StableSamModel
 
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -245,7 +246,8 @@ def convert_to_adapter(
                 "weights only and would not reproduce it. Publish it as a full checkpoint, or pass `plugins_only=True` "
                 "(`--plugins_only`) to keep only its plugins."
             )
-        return model.save_pretrained(output_dir, evaluation_results=evaluation_results)
+        # Checked above, with the checkpoint named in the error
+        return model.save_pretrained(output_dir, evaluation_results=evaluation_results, plugins_only=True)
 
     if not base_model_name_or_path:
         raise ValueError("`plugin_weights` need `base_model_name_or_path`: the SAM checkpoint (Hub id or folder).")
@@ -289,21 +291,6 @@ def _check_output_dir(output_dir: str, checkpoint, overwrite_output_dir: bool):
             "`overwrite_output_dir=True` (`--overwrite_output_dir`) to write the release files into it (nothing else "
             "in it is deleted)."
         )
-
-
-def weights_differing_from_base(model: StableSamModel, base: str) -> list[str]:
-    """The non-plugin weights of `model` that differ from those of the SAM checkpoint `base` (read one at a time)."""
-    files = checkpoint_weight_files(base)
-    if not files:
-        raise ValueError(
-            f"Cannot read the weights of the base SAM checkpoint {base!r} to compare the checkpoint with."
-        )
-    state = model.state_dict()
-    return [
-        key
-        for key, tensor in iter_checkpoint_tensors(files)
-        if key in state and not is_plugin_parameter(key) and not torch.equal(state[key], tensor.to(state[key].dtype))
-    ]
 
 
 def read_evaluation_results(path: str | os.PathLike) -> list[dict]:

@@ -74,12 +74,27 @@ def untrained_plugin_layers(model) -> list[str]:
     return untrained
 
 
+def check_plugins_trained(model, allow_untrained_plugins: bool, *, escape: str = "`allow_untrained_plugins=True`"):
+    """
+    Refuses to publish a model whose plugins were never trained (see `untrained_plugin_layers`): its release would be
+    SAM with fresh plugins. `escape` names the option that allows it, in the caller's terms.
+    """
+    untrained = untrained_plugin_layers(model)
+    if untrained and len(untrained) == len(model.config.plugin_layers) and not allow_untrained_plugins:
+        raise ValueError(
+            f"The plugins of this model were never trained ({', '.join(untrained)} still compute SAM's features "
+            f"exactly): a release of it is SAM with fresh plugins. Train them first, or pass {escape} to upload it "
+            "anyway."
+        )
+
+
 def warn_local_base(model, repo_id: str):
     base = model.config.base_model_name_or_path
     if base is not None and not is_hub_id(base):
         logger.warning(
             f"The config names the local folder {base!r} as base SAM checkpoint: users of {repo_id} will have to "
-            "pass `base_model_name_or_path=` to load it. Save with the base's Hub id to avoid that."
+            "pass `base_model_name_or_path=` to load it. Save with the Hub id of the same SAM checkpoint to avoid that (an "
+            "adapter of a model whose SAM weights differ from its base's is refused)."
         )
 
 
@@ -99,13 +114,7 @@ def push_release(
     **save_kwargs,
 ):
     """`StableSamModel.push_to_hub`: saves the release into a temporary folder and uploads exactly those files."""
-    untrained = untrained_plugin_layers(model)
-    if untrained and len(untrained) == len(model.config.plugin_layers) and not allow_untrained_plugins:
-        raise ValueError(
-            f"The plugins of this model were never trained ({', '.join(untrained)} still compute SAM's features "
-            f"exactly): a release of it is SAM with fresh plugins. Train them first, or pass "
-            "`allow_untrained_plugins=True` to upload it anyway."
-        )
+    check_plugins_trained(model, allow_untrained_plugins)
     if tags:
         model_card_kwargs = dict(model_card_kwargs or {})
         model_card_kwargs["tags"] = [*model_card_kwargs.get("tags", []), *tags]
@@ -124,4 +133,4 @@ def push_release(
         )
 
 
-__all__ = ["push_release", "untrained_plugin_layers", "upload_release_folder"]
+__all__ = ["check_plugins_trained", "push_release", "untrained_plugin_layers", "upload_release_folder"]
