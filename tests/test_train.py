@@ -367,3 +367,68 @@ def test_two_processes_agree_with_one(workspace, tmp_path):
     two = json.loads((tmp_path / "two" / "training_summary.json").read_text())["losses"]
     assert len(one) == len(two) == 3
     assert two == pytest.approx(one, abs=1e-4)
+
+
+def test_output_dir_that_is_the_base_model_folder_is_refused(workspace, tmp_path):
+    base = tmp_path / "sam"
+    SamModel.from_pretrained(workspace / "sam").save_pretrained(base)
+    before = {path.name: path.read_bytes() for path in base.iterdir()}
+    args = _train_args(workspace, base, "--max_train_steps", "1", "--checkpointing_steps", "0")
+    args[args.index("--base_model") + 1] = str(base)
+    result = run_process([sys.executable, str(TRAIN), *args], env=_env(), cwd=ROOT)
+    assert result.returncode != 0
+    assert f"`--output_dir` {base} is the `--base_model` folder" in result.stderr
+    assert {path.name: path.read_bytes() for path in base.iterdir()} == before
+
+
+def test_user_files_the_final_save_writes_stop_the_run_before_training(workspace, tmp_path):
+    (tmp_path / "config.json").write_text('{"the user\'s": "config"}')
+    (tmp_path / "notes.txt").write_text("kept")
+    args = _train_args(workspace, tmp_path, "--max_train_steps", "1", "--checkpointing_steps", "0")
+    result = run_process([sys.executable, str(TRAIN), *args], env=_env(), cwd=ROOT)
+    assert result.returncode != 0
+    assert "holds ['config.json'], which the final save writes and no run of this script wrote" in result.stderr
+    assert "step 1:" not in result.stderr
+    assert (tmp_path / "config.json").read_text() == '{"the user\'s": "config"}'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_save_final_never_replaces_a_file_no_run_wrote(workspace, tmp_path):
+    sys.path.insert(0, str(TRAIN.parent))
+    import train  # noqa: E402
+    from accelerate import PartialState
+
+    from stable_sam_hf.data import SkipCounter
+
+    PartialState(cpu=True)  # save_final logs through accelerate
+    segmenter = build_segmenter("heads", workspace / "sam")
+    model_args = train.ModelArguments(base_model=str(workspace / "sam"), method="heads")
+    # A file of the user's written while the run trained
+    (tmp_path / TRAINABLE_WEIGHTS_NAME).write_bytes(b"the user's")
+    with pytest.raises(FileExistsError, match=TRAINABLE_WEIGHTS_NAME):
+        train.save_final(segmenter, tmp_path, model_args, 1, SkipCounter(), [0.5])
+    assert (tmp_path / TRAINABLE_WEIGHTS_NAME).read_bytes() == b"the user's"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [TRAINABLE_WEIGHTS_NAME]
+    # The same name written by the run being resumed (listed in its summary) is replaced
+    train.save_final(segmenter, tmp_path, model_args, 1, SkipCounter(), [0.5], own_files=[TRAINABLE_WEIGHTS_NAME])
+    assert load_file(str(tmp_path / TRAINABLE_WEIGHTS_NAME))
+
+
+def test_checkpoint_without_losses_resumes_with_a_partial_loss_history(workspace, tmp_path):
+    # A checkpoint as the train.py before step losses were checkpointed wrote it: steps and skips only
+    _run(_train_args(workspace, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2"))
+    state_file = tmp_path / "checkpoint-2" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({"completed_steps": state["completed_steps"], "skipped": state["skipped"]}))
+
+    result = _run(
+        _train_args(workspace, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2")
+        + ["--resume_from_checkpoint", "latest"]
+    )
+    assert "records no step losses" in result.stderr and "Resumed from" in result.stderr
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["steps"] == 4 and len(summary["losses"]) == 2
+    assert summary["losses_first_step"] == 3 and summary["losses_partial"] is True
+    # The partial history carries into the next checkpoint, so a second resume keeps it
+    state = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert state["losses_first_step"] == 3 and len(state["losses"]) == 2

@@ -186,18 +186,36 @@ class TrainingProgress:
     def __init__(self):
         self.completed_steps = 0
         self.losses: list[float] = []
+        # The step whose loss is losses[0]: above 1 after resuming a checkpoint that recorded no losses
+        self.losses_first_step = 1
         self.skipped = SkipCounter()
 
     def state_dict(self) -> dict:
-        return {"completed_steps": self.completed_steps, "losses": self.losses, "skipped": self.skipped.state_dict()}
+        return {
+            "completed_steps": self.completed_steps,
+            "losses": self.losses,
+            "losses_first_step": self.losses_first_step,
+            "skipped": self.skipped.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.completed_steps = int(state["completed_steps"])
-        self.losses = [float(loss) for loss in state.get("losses", [])]
         self.skipped.load_state_dict(state["skipped"])
-        if len(self.losses) != self.completed_steps:
+        if "losses" not in state:
+            # Written by train.py before step losses were checkpointed (commit de7b16c): resumed, history partial
+            logger.warning(
+                f"This checkpoint's {STATE_FILE} records no step losses (written by a train.py older than the one "
+                f"that checkpoints them): resuming at step {self.completed_steps}; the summary's `losses` start at "
+                f"step {self.completed_steps + 1} and `losses_partial` is true."
+            )
+            self.losses, self.losses_first_step = [], self.completed_steps + 1
+            return
+        self.losses = [float(loss) for loss in state["losses"]]
+        self.losses_first_step = int(state.get("losses_first_step", 1))
+        if len(self.losses) != self.completed_steps - self.losses_first_step + 1:
             raise ValueError(
-                f"A checkpoint's {STATE_FILE} holds {len(self.losses)} step losses for {self.completed_steps} steps."
+                f"A checkpoint's {STATE_FILE} holds {len(self.losses)} step losses for steps "
+                f"{self.losses_first_step}-{self.completed_steps}."
             )
 
 
@@ -318,6 +336,49 @@ def remove_previous_run(output_dir: Path) -> None:
     )
 
 
+def refuse_base_model_folder(output_dir: Path, base_model: str) -> None:
+    """Raises when `output_dir` is the local `base_model` folder: the final save would replace its config.json."""
+    base = Path(base_model)
+    if output_dir.exists() and base.exists() and os.path.samefile(output_dir, base):
+        raise ValueError(
+            f"`--output_dir` {output_dir} is the `--base_model` folder {base_model}: the run's final save would "
+            "replace that SAM checkpoint's files. Pass another --output_dir."
+        )
+
+
+def previous_run_files(output_dir: Path) -> list[str]:
+    """The files the final save of an earlier run wrote into `output_dir`, as its summary lists them."""
+    if not (output_dir / SUMMARY_FILE).is_file():
+        return []
+    try:
+        return list(json.loads((output_dir / SUMMARY_FILE).read_text()).get("files", []))
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{output_dir / SUMMARY_FILE} is not a training summary of this script: {error}") from error
+
+
+def write_final(segmenter, folder: Path, model_args: ModelArguments) -> list[str]:
+    """Writes what the final save holds into `folder` and returns the file names."""
+    segmenter.save_trainable(folder)
+    if model_args.method in PLUGIN_ONLY_METHODS:
+        model = segmenter.sam
+        model.config.base_model_name_or_path = model_args.base_model
+        model.save_pretrained(folder)
+    files = sorted(path.name for path in folder.iterdir())
+    if any((folder / name).is_dir() for name in files):
+        raise RuntimeError(f"The final save wrote folders into {folder}: {files}.")
+    return files
+
+
+def refuse_foreign_files(output_dir: Path, files: list[str], own: list[str]) -> None:
+    """Raises when a file the final save writes already exists in `output_dir` and no earlier run wrote it."""
+    foreign = [name for name in files if (output_dir / name).exists() and name not in own]
+    if foreign:
+        raise FileExistsError(
+            f"`output_dir` {output_dir} holds {foreign}, which the final save writes and no run of this script "
+            "wrote there; the run would replace them. Move them or pass another --output_dir."
+        )
+
+
 def refuse_previous_run(output_dir: Path, args: "RecipeArguments") -> bool:
     """Whether `output_dir` holds an earlier run that `--overwrite_output_dir` asked to remove; raises when it holds
     one and the arguments neither resume nor overwrite it."""
@@ -362,8 +423,11 @@ def main(argv=None):
         logger.warning(advice)
 
     # Before any model or data is loaded: a folder that cannot hold the results, or holds another run, stops here
+    refuse_base_model_folder(project_dir, model_args.base_model)
     check_output_dir(project_dir)
     overwrite = refuse_previous_run(project_dir, args)
+    # Files of the earlier run being resumed, which its final save may replace
+    own_files = previous_run_files(project_dir) if args.resume_from_checkpoint else []
     checkpoint = find_checkpoint(project_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
     accelerator.wait_for_everyone()
     if overwrite and accelerator.is_main_process:
@@ -380,6 +444,9 @@ def main(argv=None):
     mask_prompt_size = 4 * segmenter.sam.config.prompt_encoder_config.image_embedding_size
     trainable = [param for param in segmenter.parameters() if param.requires_grad]
     num_trainable = sum(param.numel() for param in trainable)
+    # A trial final save names the files the real one writes: the user's files of those names stop the run now
+    with tempfile.TemporaryDirectory(dir=project_dir, prefix=".final-names-") as trial:
+        refuse_foreign_files(project_dir, write_final(segmenter, Path(trial), model_args), own_files)
 
     dataset = build_train_dataset(data_args, seed=args.seed)
     collator = PromptCollator(args.prompt_types, args.seed, args.noise_scale, mask_prompt_size)
@@ -464,7 +531,16 @@ def main(argv=None):
     else:
         logger.info("Skipped samples: none")
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(segmenter), project_dir, model_args, completed_steps, skipped, losses)
+        save_final(
+            accelerator.unwrap_model(segmenter),
+            project_dir,
+            model_args,
+            completed_steps,
+            skipped,
+            losses,
+            losses_first_step=progress_state.losses_first_step,
+            own_files=own_files,
+        )
     accelerator.end_training()
     return completed_steps
 
@@ -493,21 +569,23 @@ def save_checkpoint(accelerator: Accelerator, project_dir: Path, step: int, limi
 
 
 def save_final(
-    segmenter, project_dir: Path, model_args: ModelArguments, steps: int, skipped: SkipCounter, losses: list[float]
+    segmenter,
+    project_dir: Path,
+    model_args: ModelArguments,
+    steps: int,
+    skipped: SkipCounter,
+    losses: list[float],
+    losses_first_step: int = 1,
+    own_files: list[str] = (),
 ) -> None:
     """Trainable weights of any method (a peft adapter for lora), plus a loadable StableSamModel folder for
-    plugins-only methods, and last `training_summary.json`, which lists the files written."""
+    plugins-only methods, and last `training_summary.json`, which lists the files written. Files of those names
+    that no run wrote (not in `own_files`) are never replaced: the save raises instead."""
     with tempfile.TemporaryDirectory(dir=project_dir, prefix=".final-") as staging:
         staging = Path(staging)
-        segmenter.save_trainable(staging)
-        if model_args.method in PLUGIN_ONLY_METHODS:
-            model = segmenter.sam
-            model.config.base_model_name_or_path = model_args.base_model
-            model.save_pretrained(staging)
         # Written aside, then moved in file by file: the run's files are known, and a failed save leaves none
-        files = sorted(path.name for path in staging.iterdir())
-        if any((staging / name).is_dir() for name in files):
-            raise RuntimeError(f"The final save wrote folders into {staging}: {files}.")
+        files = write_final(segmenter, staging, model_args)
+        refuse_foreign_files(project_dir, files, list(own_files))
         for name in files:
             os.replace(staging / name, project_dir / name)
     summary = {
@@ -516,6 +594,9 @@ def save_final(
         "steps": steps,
         "skipped": skipped.as_dict(),
         "losses": losses,
+        # losses[0] is the loss of this step; partial when a resumed checkpoint recorded no earlier losses
+        "losses_first_step": losses_first_step,
+        "losses_partial": losses_first_step > 1,
         "files": files,
     }
     partial = project_dir / f"{SUMMARY_FILE}{INCOMPLETE_SUFFIX}"
