@@ -650,3 +650,31 @@ def test_occluder_leaving_a_one_pixel_sliver_is_dropped():
             # dx = 0 or 1 would leave a single visible column
             assert shift[1] in (-1, 2) and spans_two_pixels(result_mask)
     assert outcomes == {True, False}
+
+
+def test_prepare_never_reads_through_a_linked_folder_leading_out_of_the_source(tmp_path):
+    tree = make_hqseg_tree(tmp_path / "raw", n_per_dataset=2, bad_samples=False)
+    images = tree.root / "DIS5K/DIS-TR/im"
+    private = tmp_path / "private"
+    images.rename(private)
+    (private / "secret.jpg").write_bytes(b"outside bytes")
+    images.symlink_to(private, target_is_directory=True)
+    out = tmp_path / "out"
+    arguments = prepare_hqseg44k.PrepareArguments(
+        output_dir=str(out), source=str(tree.root), splits=["train"], dataset_names=["DIS5K-TR"]
+    )
+    with pytest.raises(ValueError, match=f"Subset DIS5K-TR: {images} resolves to {private}, outside the source"):
+        prepare_hqseg44k.prepare(arguments)
+    assert not any(out.rglob("*.parquet"))
+
+
+def test_skip_reason_judges_the_whole_path_not_its_last_component(tmp_path):
+    source = tmp_path / "source"
+    (source / "inside").mkdir(parents=True)
+    (source / "inside" / "a.jpg").write_bytes(b"inside")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "a.jpg").write_bytes(b"outside")
+    (source / "linked").symlink_to(tmp_path / "private", target_is_directory=True)
+    root = source.resolve()
+    assert prepare_hqseg44k.skip_reason(source / "inside" / "a.jpg", root) is None
+    assert prepare_hqseg44k.skip_reason(source / "linked" / "a.jpg", root) == prepare_hqseg44k.SKIP_OUTSIDE

@@ -5,9 +5,10 @@ Source: the Hub *model* repository `sam-hq-team/sam-hq-training` holds `data/DIS
 folder holding the unpacked `DIS5K/`, `cascade_psp/` and `thin_object_detection/` folders works as well. Which
 folders make up each subset is `stable_sam_hf.data.HQSEG44K_SUBSETS`, transcribed from HQ-SAM's `train/train.py`:
 images `<stem>.jpg`, masks `<stem>.png`; an image without its mask is reported and left out. An image or mask that
-is a dangling symlink, not a file (e.g. a symlink to a folder) or a symlink leaving the source tree is not read: the
-pair is skipped, counted by reason and, for links leaving the tree, named (their bytes would otherwise go into the
-dataset and, with `--push_to_hub`, to the Hub).
+is a dangling symlink, not a file (e.g. a symlink to a folder) or resolves outside the source tree (a link, or a
+linked folder on its path) is not read: the pair is skipped, counted by reason and, for paths leaving the tree, named
+(their bytes would otherwise go into the dataset and, with `--push_to_hub`, to the Hub). A subset's image or mask
+folder that resolves outside the source tree is not listed: the run stops with an error naming it.
 
 The dataset is written into a hidden temporary folder inside `--output_dir` and each subset folder and README.md are
 swapped in only when everything is written: a failure part-way leaves the previous dataset as it was. Files of a
@@ -154,11 +155,11 @@ def fetch_tree(source: str, archives: list[str], unpack_dir: Path, revision: str
 
 def skip_reason(path: Path, root: Path) -> str | None:
     """Why `path` (an image or mask listed under the resolved source `root`) must not be read, or `None`."""
-    if path.is_symlink():
-        if not path.exists():
-            return SKIP_DANGLING
-        if not path.resolve().is_relative_to(root):
-            return SKIP_OUTSIDE
+    if path.is_symlink() and not path.exists():
+        return SKIP_DANGLING
+    # The whole path, not only its last component: a linked folder on the way may lead out of the tree
+    if not path.resolve().is_relative_to(root):
+        return SKIP_OUTSIDE
     return None if path.is_file() else SKIP_NOT_A_FILE
 
 
@@ -167,6 +168,13 @@ def list_pairs(root: Path, subset: HQSegSubset) -> tuple[list[tuple[Path, Path]]
     not read, by reason (`skip_reason` of the image or its mask), e.g. `{"dangling_symlink": [path, ...]}`."""
     image_dir, mask_dir = root / subset.image_dir, root / subset.mask_dir
     source = root.resolve()
+    # A linked folder leading out of the tree is not listed at all
+    for folder in (image_dir, mask_dir):
+        if not folder.resolve().is_relative_to(source):
+            raise ValueError(
+                f"Subset {subset.name}: {folder} resolves to {folder.resolve()}, outside the source {source}; its "
+                "files are not read. Copy them into the source tree, or leave the subset out with --dataset_names."
+            )
     pairs, missing, skipped = [], [], {}
     for image in sorted(image_dir.glob(f"*{subset.image_ext}")):
         mask = mask_dir / f"{image.stem}{subset.mask_ext}"
