@@ -597,3 +597,72 @@ def test_truncated_training_summary_names_the_file(tmp_path):
     (run / "training_summary.json").write_text('{"method": "lora", "base_mo')
     with pytest.raises(ValueError, match=r"run[/\\]training_summary.json is not valid JSON"):
         parse_model_spec(f"tuned={run}")
+
+
+def test_rerun_after_the_coco_images_change_does_not_reuse_old_records(workspace, tmp_path):
+    import shutil
+
+    annotations, images = tmp_path / "coco" / "instances.json", tmp_path / "coco" / "images"
+    shutil.copytree(workspace / "coco", tmp_path / "coco")
+
+    def argv(output_dir: Path) -> list[str]:
+        return [
+            *("--models", f"sam=sam:{workspace / 'sam'}", "--output_dir", str(output_dir)),
+            *("--coco_annotations", str(annotations), "--coco_images", str(images), "--bootstrap_resamples", "0"),
+        ]
+
+    first = evaluate_model.main(argv(tmp_path / "eval"))
+    # Other images under the same file names, the annotation file untouched
+    make_coco_fixture(tmp_path / "other", seed=3)
+    for path in (tmp_path / "other" / "images").iterdir():
+        shutil.copyfile(path, images / path.name)
+    rerun = evaluate_model.main(argv(tmp_path / "eval"))
+    fresh = evaluate_model.main(argv(tmp_path / "fresh"))
+    assert [r["mIoU"] for r in rerun] == [r["mIoU"] for r in fresh]
+    assert [r["mIoU"] for r in rerun] != [r["mIoU"] for r in first]
+
+
+def test_interactive_alpha_1_is_stable_sams_mean_over_the_clicks(workspace):
+    from types import SimpleNamespace
+
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    gt = torch.zeros(50, 70, dtype=torch.bool)
+    gt[10:35, 15:50] = True
+    args = SimpleNamespace(max_clicks=3)
+    predictor = SamPredictor(StableSamModel.from_pretrained(workspace / "stable").eval(), decoder_batch_size=2)
+    encoding = predictor.encode(image)
+    record = evaluate_model.evaluate_interactive(
+        predictor, encoding, SimpleNamespace(name="stable"), args, "key", "d", "0", gt, None
+    )
+    # The same clicks replayed: alpha_1 of each prediction
+    clicks, logits, alphas = record["clicks"], None, []
+    for count in range(1, len(clicks) + 1):
+        points = torch.tensor([click[:2] for click in clicks[:count]], dtype=torch.float32)
+        labels = torch.tensor([click[2] for click in clicks[:count]])
+        _, logits, routing = predictor.predict_clicks(encoding, points, labels, logits)
+        alphas.append(routing[0].item())
+    assert 0 < record["alpha_1"] < 1
+    assert record["alpha_1"] == pytest.approx(sum(alphas) / len(alphas))
+
+    sam = SamPredictor(SamModel.from_pretrained(workspace / "sam").eval(), decoder_batch_size=2)
+    sam_record = evaluate_model.evaluate_interactive(
+        sam, sam.encode(image), SimpleNamespace(name="sam"), args, "key", "d", "0", gt, None
+    )
+    assert sam_record["alpha_1"] is None
+
+
+def test_interactive_table_shows_alpha_1(workspace, tmp_path):
+    argv = [
+        *("--models", f"sam=sam:{workspace / 'sam'}", f"stable=stable:{workspace / 'stable'}"),
+        *("--dataset", str(workspace / "data"), "--dataset_names", "COIFT", "--output_dir", str(tmp_path)),
+        *("--protocol", "interactive", "--max_clicks", "2", "--bootstrap_resamples", "0"),
+    ]
+    rows = evaluate_model.main(argv)
+    interactive = {r["model"]: r for r in rows if r["prompt_type"] == "interactive" and r["dataset"] == "average"}
+    assert 0 < interactive["stable"]["alpha_1"] < 1 and interactive["sam"]["alpha_1"] is None
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| model | NoC@85"))
+    assert "| alpha_1 |" in header
+    column = [cell.strip() for cell in header.split("|")].index("alpha_1")
+    stable = next(line for line in lines[lines.index(header) :] if line.startswith("| stable |"))
+    assert [cell.strip() for cell in stable.split("|")][column] == f"{interactive['stable']['alpha_1']:.3f}"

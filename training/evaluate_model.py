@@ -251,8 +251,9 @@ def split_noise_scale(prompt_type: str, default: float) -> tuple[str, float]:
 # Per-object records
 
 
-def run_key(spec: ModelSpec, args: EvaluationArguments, source: str) -> str:
-    """What a record depends on besides its object, prompt type and routing weight."""
+def run_key(spec: ModelSpec, args: EvaluationArguments, source: str, images: str | None = None) -> str:
+    """What a record depends on besides its object, prompt type and routing weight; `images` is a source's image
+    folder when the `source` file does not hold the images (COCO)."""
     settings = {
         "model": asdict(spec),
         "source": source,
@@ -267,6 +268,8 @@ def run_key(spec: ModelSpec, args: EvaluationArguments, source: str) -> str:
         "coco_iou": [args.coco_min_iou, args.coco_max_iou],
         "max_clicks": args.max_clicks,
     }
+    if images is not None:
+        settings.update(images=images, images_files=path_fingerprint(images))
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -378,10 +381,15 @@ def evaluate_hq_object(
 
 
 def evaluate_interactive(predictor, encoding, spec, args, key, dataset, object_id, mask, routing_weight):
-    """The interactive protocol's record of one object: IoU after each click and the clicks."""
+    """The interactive protocol's record of one object: IoU after each click, the clicks and alpha_1 (Stable-SAM's
+    mean over every prediction of the object, None for other models)."""
+    alphas = []
 
     def predict(points, labels, logits):
-        return predictor.predict_clicks(encoding, points, labels, logits)
+        mask, low_res, routing = predictor.predict_clicks(encoding, points, labels, logits)
+        if routing is not None:
+            alphas.append(routing[0].item())
+        return mask, low_res
 
     result = simulate_clicks(predict, mask.cpu(), max_clicks=args.max_clicks)
     return {
@@ -395,7 +403,7 @@ def evaluate_interactive(predictor, encoding, spec, args, key, dataset, object_i
         "boundary_iou": [],
         "stability": None,
         "predicted_iou": [],
-        "alpha_1": None,
+        "alpha_1": sum(alphas) / len(alphas) if alphas else None,
         "clicks": [list(click) for click in result.clicks],
     }
 
@@ -502,7 +510,7 @@ def evaluate_coco(
     """Per-object COCO records of one model (gathered), the evaluated image ids and the objects left out by reason."""
     from PIL import Image
 
-    key = run_key(spec, args, args.coco_annotations)
+    key = run_key(spec, args, args.coco_annotations, args.coco_images)
     image_ids = sorted(coco.getImgIds())
     if args.coco_max_images is not None:
         image_ids = image_ids[: args.coco_max_images]
@@ -578,7 +586,7 @@ def evaluate_coco_objects(
     """The per-object protocols on the COCO-format objects (dataset `COCO_OBJECTS`), gathered, and the skips."""
     from PIL import Image
 
-    key = run_key(spec, args, args.coco_annotations)
+    key = run_key(spec, args, args.coco_annotations, args.coco_images)
     variants = [None] + (list(args.routing_weight or []) if predictor.is_stable else [])
     wanted = [
         (weight, prompt_type)

@@ -94,14 +94,15 @@ class Sam2Predictor:
     @torch.no_grad()
     def predict_clicks(
         self, encoding: ImageEncoding, points: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mask for a set of clicks and the previous low-res logits (see `SamPredictor.predict_clicks`)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """One mask for a set of clicks and the previous low-res logits (see `SamPredictor.predict_clicks`); SAM 2 has
+        no routing weights."""
         inputs = self._prompt_inputs({"input_points": points[None], "input_labels": labels[None]}, encoding)
         if mask_logits is not None:
             inputs["input_masks"] = mask_logits[None, None].to(self.device, self.model.dtype)  # 1 x 1 x H x W
         outputs = self.model(**encoding.features, **inputs, multimask_output=False)
         low_res = outputs.pred_masks[0, 0, 0]
-        return self._postprocess(low_res[None], encoding)[0], low_res
+        return self._postprocess(low_res[None], encoding)[0], low_res, None
 
 
 def make_predictor(model: nn.Module, spec: ModelSpec, *, decoder_batch_size: int = 20):

@@ -434,7 +434,7 @@ class SamPredictor:
     @torch.no_grad()
     def predict_clicks(
         self, encoding: ImageEncoding, points: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
         One mask for a set of clicks, with the previous low-resolution logits as the mask prompt (the interactive
         protocol's step).
@@ -445,7 +445,8 @@ class SamPredictor:
             mask_logits (`torch.Tensor` of shape `(mask_size, mask_size)`, *optional*): the previous step's logits.
 
         Returns:
-            the mask (`(height, width)`, bool, original resolution) and its low-resolution logits.
+            the mask (`(height, width)`, bool, original resolution), its low-resolution logits and Stable-SAM's
+            routing weights (`(2,)`: alpha_1, alpha_2; None for other models).
         """
         prompts = self.to_model_frame({"input_points": points[None]}, encoding)
         inputs = {
@@ -459,7 +460,8 @@ class SamPredictor:
             extra["hq_token_only"] = self.hq_token_only
         outputs = self.model(**encoding.features, **inputs, **extra)
         low_res = outputs.pred_masks[0, 0, 0]
-        return self.postprocess(low_res[None], encoding)[0], low_res
+        routing = outputs.routing_weights[0, 0].float().cpu() if self.is_stable else None
+        return self.postprocess(low_res[None], encoding)[0], low_res, routing
 
 
 def _describe(value) -> str:

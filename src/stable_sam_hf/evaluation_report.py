@@ -189,10 +189,12 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, pr
                 "",
                 f"Interactive protocol (up to {args.max_clicks} clicks, average over the datasets): NoC@85 / NoC@90 "
                 f"are the clicks needed to reach 85 / 90 % IoU ({args.max_clicks} when never reached), with their 95 % "
-                "bootstrap intervals; mIoU after 1, 3, 5 and 10 clicks in %.",
+                "bootstrap intervals; mIoU after 1, 3, 5 and 10 clicks in %; alpha_1 is Stable-SAM's DRP weight, the "
+                "mean over every click's prediction of an object, averaged over objects.",
                 "",
             ]
-            header = ["model", "NoC@85", "NoC@90", "never 85 %", "mIoU@1", "mIoU@3", "mIoU@5", "mIoU@10", "objects"]
+            header = ["model", "NoC@85", "NoC@90", "never 85 %", "mIoU@1", "mIoU@3", "mIoU@5", "mIoU@10"]
+            header += ["alpha_1", "objects"]
             lines += [_md_row(header), _md_row(["---"] * len(header))]
             for spec, row in zip(specs, interactive):
                 if row is None:
@@ -207,6 +209,7 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, pr
                             _format(row["NoC90"], 2) + " " + _interval(row["NoC90_low"], row["NoC90_high"], 2),
                             str(row["failed_85"]),
                             *at,
+                            _format(row["alpha_1"], 3),
                             str(row["num_objects"]),
                         ]
                     )
