@@ -128,6 +128,13 @@ class QuickstartArguments:
     )
     num_prompts: int = field(default=3, metadata={"help": "Seeded prompts per object and prompt type (K)."})
     seed: int = field(default=0, metadata={"help": "Seed of scenes, training and prompts."})
+    routing_sweep: bool = field(
+        default=False,
+        metadata={
+            "help": "Also score Stable-SAM with alpha_1 forced to 0, 0.5 and 1 (the paper's Table 8) and plot mIoU "
+            "against it; three more evaluations of the Stable-SAM run."
+        },
+    )
 
     def __post_init__(self):
         for name, least in (
@@ -291,7 +298,7 @@ def evaluate(args: QuickstartArguments, runs: dict[str, Path], dataset: Path, ou
     command += ["--seed", str(args.seed)]
     if args.max_objects_per_dataset:
         command += ["--max_objects_per_dataset", str(args.max_objects_per_dataset)]
-    if "stable" in runs:
+    if args.routing_sweep and "stable" in runs:
         command += ["--routing_weight", "0", "0.5", "1"]
     if args.num_coco_like_scenes:
         coco = output_dir / COCO_LIKE_FOLDER

@@ -55,7 +55,10 @@ def test_toy_base_is_shipped_with_its_card():
 def test_quickstart_trains_stable_sam_only_by_default(quickstart_run):
     assert sorted(path.name for path in (quickstart_run / "runs").iterdir()) == ["stable"]
     with (quickstart_run / "eval" / "results.csv").open() as stream:
-        assert {row["model"] for row in csv.DictReader(stream)} == {"base", "stable"}
+        rows = list(csv.DictReader(stream))
+    assert {row["model"] for row in rows} == {"base", "stable"}
+    # The forced-alpha_1 sweep (Table 8) only with --routing_sweep
+    assert all(row["routing_weight"] in ("", "None") for row in rows)
 
 
 def test_quickstart_reports_every_cell(quickstart_run):
