@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import SamHQModel, SamModel
+from transformers import Sam2Model, Sam3TrackerModel, SamHQModel, SamModel
 
 from stable_sam_hf import StableSamModel
 from stable_sam_hf.clicks import Click, distance_to_boundary, next_click, number_of_clicks, simulate_clicks
 from stable_sam_hf.evaluation import MODEL_KINDS, parse_model_spec
 
 from fixtures import load_prepare_script, make_hqseg_tree
-from tiny import perturb_plugins_, tiny_sam2_config, tiny_sam_config, tiny_sam_hq_config, tiny_stable_sam_config
+from tiny import (
+    perturb_plugins_,
+    tiny_sam2_config,
+    tiny_sam3_tracker_config,
+    tiny_sam_config,
+    tiny_sam_hq_config,
+    tiny_stable_sam_config,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,10 +138,8 @@ def kinds_workspace(tmp_path_factory):
     perturb_plugins_(stable, seed=1)
     stable.save_pretrained(root / "stable")
     SamHQModel(tiny_sam_hq_config()).save_pretrained(root / "hq")
-    if _has_torchvision():
-        from transformers import Sam2Model
-
-        Sam2Model(tiny_sam2_config()).save_pretrained(root / "sam2")
+    Sam2Model(tiny_sam2_config()).save_pretrained(root / "sam2")
+    Sam3TrackerModel(tiny_sam3_tracker_config()).save_pretrained(root / "sam3_tracker")
     make_hqseg_tree(root / "raw", n_per_dataset=2, size=(48, 64), bad_samples=False)
     # An unreadable object: the skip is counted, as for the prompts protocol
     coift = root / "raw/thin_object_detection/COIFT"
@@ -151,9 +156,9 @@ def _kind_models(root: Path) -> list[str]:
         f"hq=hq:{root / 'hq'}",
         f"hq_token=hq_token_only:{root / 'hq'}",
         f"stable=stable:{root / 'stable'}",
+        f"sam2=sam2:{root / 'sam2'}",
+        f"sam3_tracker=sam3_tracker:{root / 'sam3_tracker'}",
     ]
-    if (root / "sam2").exists():
-        models.append(f"sam2=sam2:{root / 'sam2'}")
     return models
 
 
@@ -251,25 +256,117 @@ def test_interrupted_benchmark_resumes(kinds_workspace, kinds_run, tmp_path):
     )
 
 
-@pytest.mark.skipif(_has_torchvision(), reason="checks the error shown when torchvision is missing")
-def test_sam2_without_torchvision_names_what_is_missing(kinds_workspace, tmp_path):
-    from transformers import Sam2Model
+def test_square_input_kinds_are_known_by_their_config(tmp_path):
+    for model_type, model in (
+        ("sam2", Sam2Model(tiny_sam2_config())),
+        ("sam3_tracker", Sam3TrackerModel(tiny_sam3_tracker_config())),
+    ):
+        model.save_pretrained(tmp_path / model_type)
+        assert parse_model_spec(str(tmp_path / model_type)).method == model_type
 
-    Sam2Model(tiny_sam2_config()).save_pretrained(tmp_path / "sam2")
-    spec = parse_model_spec(f"sam2={tmp_path / 'sam2'}")  # known by its config's model_type
-    assert spec.method == "sam2"
-    with pytest.raises((ImportError, ModuleNotFoundError), match="(?i)torchvision"):
-        evaluate_model.main(
-            [
-                *("--models", f"sam2=sam2:{tmp_path / 'sam2'}", "--dataset", str(kinds_workspace / "data")),
-                *("--dataset_names", "COIFT", "--output_dir", str(tmp_path / "out"), "--prompt_types", "box"),
-            ]
-        )
+
+# SAM 2's image processing without torchvision
+
+
+def _sam2_preprocessor_config(folder: Path, **overrides) -> Path:
+    """A preprocessor_config.json as released SAM 2.1 checkpoints ship it (keys and values of the Hub's files)."""
+    config = {
+        "crop_size": None,
+        "data_format": "channels_first",
+        "default_to_square": True,
+        "device": None,
+        "do_center_crop": None,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_processor_type": "Sam2ImageProcessorFast",
+        "image_std": [0.229, 0.224, 0.225],
+        "input_data_format": None,
+        "mask_size": {"height": 256, "width": 256},
+        "processor_class": "Sam2VideoProcessor",
+        "resample": 2,
+        "rescale_factor": 0.00392156862745098,
+        "return_tensors": None,
+        "size": {"height": 32, "width": 40},
+        **overrides,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_sam2_torch_image_processor_reads_released_configs(tmp_path):
+    from stable_sam_hf.contenders import Sam2TorchImageProcessor
+
+    processor = Sam2TorchImageProcessor.from_pretrained(_sam2_preprocessor_config(tmp_path / "ok"))
+    assert processor.size == {"height": 32, "width": 40}
+    # A constant image stays constant; each channel is normalised by the config's statistics
+    image = np.full((50, 70, 3), (10, 128, 250), dtype=np.uint8)
+    out = processor(images=image, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 32, 40) and out["original_sizes"].tolist() == [[50, 70]]
+    expected = (torch.tensor([10, 128, 250]) / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
+    assert torch.allclose(out["pixel_values"][0].mean((1, 2)), expected, atol=1e-5)
+    assert torch.allclose(out["pixel_values"][0].std((1, 2)), torch.zeros(3), atol=1e-6)
+    # Channels-first tensors and PIL images give the same pixels as channels-last arrays
+    gradient = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    a = processor(images=gradient, return_tensors="pt")["pixel_values"]
+    b = processor(images=torch.from_numpy(gradient).permute(2, 0, 1), return_tensors="pt")["pixel_values"]
+    c = processor(images=Image.fromarray(gradient), return_tensors="pt")["pixel_values"]
+    assert torch.equal(a, b) and torch.equal(a, c)
+    # Antialiased bilinear: stripes 2 columns wide, halved, give 1/4 and 3/4 grey (weights 1/8, 3/8, 3/8, 1/8 over 4
+    # columns), where plain bilinear would keep black and white
+    stripes = np.broadcast_to((np.arange(80) // 2 % 2 * 255).astype(np.uint8)[None, :, None], (64, 80, 3))
+    halved = processor(images=np.ascontiguousarray(stripes), return_tensors="pt")["pixel_values"][0, 0]
+    values = (halved * 0.229 + 0.485) * 255
+    assert torch.allclose(values[:, 2:-1:2], torch.full_like(values[:, 2:-1:2], 255 / 4), atol=1)
+    assert torch.allclose(values[:, 1:-1:2], torch.full_like(values[:, 1:-1:2], 255 * 3 / 4), atol=1)
+    # Post-processing: the logits at the original size, thresholded at 0
+    logits = torch.randn(2, 1, 8, 10)
+    (masks,) = processor.post_process_masks([logits], [(50, 70)])
+    assert masks.shape == (2, 1, 50, 70) and masks.dtype == torch.bool
+    upsampled = torch.nn.functional.interpolate(logits, (50, 70), mode="bilinear", align_corners=False)
+    assert torch.equal(masks, upsampled > 0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [({"resample": 3}, "resample"), ({"do_pad": True}, "do_pad"), ({"do_normalize": False}, "do_normalize")],
+)
+def test_sam2_torch_image_processor_refuses_what_it_does_not_implement(tmp_path, overrides, named):
+    from stable_sam_hf.contenders import Sam2TorchImageProcessor
+
+    with pytest.raises(ValueError, match=named):
+        Sam2TorchImageProcessor.from_pretrained(_sam2_preprocessor_config(tmp_path, **overrides))
+
+
+@pytest.mark.skipif(
+    not _has_torchvision(),
+    reason="compares with transformers' torchvision-based Sam2ImageProcessor; torchvision's PyPI wheels need CUDA torch",
+)
+def test_sam2_torch_image_processor_equals_transformers(tmp_path):
+    from transformers import Sam2ImageProcessor
+
+    from stable_sam_hf.contenders import Sam2TorchImageProcessor
+
+    folder = _sam2_preprocessor_config(tmp_path)
+    ours, theirs = Sam2TorchImageProcessor.from_pretrained(folder), Sam2ImageProcessor.from_pretrained(folder)
+    for shape in [(50, 70, 3), (20, 16, 3), (32, 40, 3)]:
+        image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+        a, b = ours(images=image, return_tensors="pt"), theirs(images=image, return_tensors="pt")
+        assert torch.equal(a["pixel_values"], b["pixel_values"]), shape
+    logits = [torch.randn(3, 1, 8, 10)]
+    assert torch.equal(
+        ours.post_process_masks(logits, [(50, 70)])[0], theirs.post_process_masks(logits, [(50, 70)])[0]
+    )
 
 
 def test_unknown_kind_names_the_supported_kinds(kinds_workspace):
     with pytest.raises(ValueError, match="supported kinds: " + ", ".join(MODEL_KINDS)):
-        parse_model_spec(f"x=sam3:{kinds_workspace / 'sam'}")
+        parse_model_spec(f"x=edgetam:{kinds_workspace / 'sam'}")
 
 
 def test_toy_model_runs_every_protocol(kinds_workspace, tmp_path):

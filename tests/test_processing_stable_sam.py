@@ -85,6 +85,28 @@ class TestSameAsSamProcessor:
         assert torch.equal(ours["input_boxes"], theirs["input_boxes"])
 
 
+def test_original_sizes_replace_images(processor, images):
+    # Prompts for images already encoded: the same scaled prompts as with the images, and no pixels
+    prompts = {
+        "input_points": [[[[5, 6], [50, 7]]], [[[7, 8], [9, 10]]]],
+        "input_labels": [[[1, 0]], [[1, 1]]],
+        "input_boxes": [[[1, 2, 30, 25]], [[3, 4, 15, 40]]],
+    }
+    sizes = [image.size[::-1] for image in images]
+    with pytest.warns(UserWarning, match="input_points"):  # (50, 7) is outside the 40-pixel-wide image
+        with_images = processor(images, **prompts, return_tensors="pt")
+    with pytest.warns(UserWarning, match="input_points"):
+        with_sizes = processor(original_sizes=sizes, **prompts, return_tensors="pt")
+    assert "pixel_values" not in with_sizes
+    assert torch.equal(with_sizes["original_sizes"], with_images["original_sizes"])
+    for key in prompts:
+        assert torch.equal(with_sizes[key], with_images[key]), key
+    with pytest.raises(ValueError, match="original_sizes"):
+        processor(original_sizes=[[30, 0]], input_boxes=[[[1, 2, 3, 4]]])
+    with pytest.raises(ValueError, match="input_boxes"):
+        processor(original_sizes=sizes, input_boxes=[[[1, 2, 3, 4]]] * 3)
+
+
 def test_ragged_points_are_padded(processor):
     # Objects with different numbers of points, which SamProcessor cannot stack
     image = noise_image(32, 32)

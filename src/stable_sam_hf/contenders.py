@@ -2,20 +2,169 @@
 processor's pre- and post-processing.
 
 SAM, HQ-SAM, Stable-SAM and the train.py baselines share `evaluation.SamPredictor` (SAM's image processor, with the
-checkpoint's own pixel statistics when it ships a `preprocessor_config.json`); SAM 2 goes through `Sam2Processor`
-(its own resize, statistics and `post_process_masks`).
+checkpoint's own pixel statistics when it ships a `preprocessor_config.json`); SAM 2 and SAM 3's tracker go through
+`Sam2Processor` / `Sam3TrackerProcessor` (their own resize to a square, statistics, prompt scaling and
+`post_process_masks`).
+
+transformers' SAM 2 and SAM 3 image processors run on torchvision, whose PyPI wheels beside a CPU-only torch do not
+load. Where torchvision is missing, `Sam2TorchImageProcessor` does the same arithmetic with torch alone (torchvision's
+tensor resize is `torch.nn.functional.interpolate`); `tests/test_benchmark.py` compares the two where both run.
 """
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.utils import is_torchvision_available
 
 from .evaluation import ImageEncoding, ModelSpec, Prediction, SamPredictor, _describe
 from .image_processing_stable_sam import StableSamImageProcessor
 
 
+logger = logging.getLogger(__name__)
+
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+# The kinds whose processor resizes to a square: (processor class, image processor class) in transformers
+_SQUARE_KINDS = {
+    "sam2": ("Sam2Processor", "Sam2ImageProcessor"),
+    "sam3_tracker": ("Sam3TrackerProcessor", "Sam3ImageProcessor"),
+}
+
+
+class Sam2TorchImageProcessor(BaseImageProcessor):
+    """
+    The image side of `Sam2ImageProcessor` (and `Sam3ImageProcessor`, which differs in its defaults) without
+    torchvision: a uint8 RGB image is resized to `size` (no aspect ratio kept) by antialiased bilinear interpolation
+    on uint8, as torchvision's `resize` does on CPU, then rescaled and normalised in float32; `post_process_masks`
+    is `Sam2ImageProcessor`'s bilinear upsampling to the original size. It reads the same `preprocessor_config.json`
+    and refuses settings it does not implement.
+
+    Args:
+        size (`dict`, *optional*, defaults to `{"height": 1024, "width": 1024}`): the model's input size.
+        image_mean (`list[float]`, *optional*, defaults to ImageNet's): mean per channel, in [0, 1].
+        image_std (`list[float]`, *optional*, defaults to ImageNet's): standard deviation per channel, in [0, 1].
+        rescale_factor (`float`, *optional*, defaults to 1/255): pixel values' scale.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        size: dict[str, int] | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        rescale_factor: float = 1 / 255,
+        **kwargs,
+    ):
+        expected = {
+            "do_resize": True,
+            "do_rescale": True,
+            "do_normalize": True,
+            "resample": PILImageResampling.BILINEAR,
+        }
+        unsupported = {key: kwargs[key] for key in expected if kwargs.get(key) not in (None, expected[key])}
+        unsupported.update({key: kwargs[key] for key in ("do_center_crop", "do_pad") if kwargs.get(key)})
+        if unsupported:
+            raise ValueError(
+                f"Sam2TorchImageProcessor implements SAM 2's default resize (bilinear), rescale and normalisation "
+                f"only; the configuration asks for {unsupported}. Install torchvision to use transformers' processor."
+            )
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith(("do_", "resample"))}
+        super().__init__(**kwargs)
+        size = size or {"height": 1024, "width": 1024}
+        if set(size) != {"height", "width"} or min(size.values()) < 1:
+            raise ValueError(f"`size` must be {{'height': int, 'width': int}} with positive sides, got {size!r}.")
+        self.size = dict(size)
+        self.image_mean = list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN)
+        self.image_std = list(image_std if image_std is not None else IMAGENET_DEFAULT_STD)
+        self.rescale_factor = rescale_factor
+
+    def _resize(self, image: torch.Tensor) -> torch.Tensor:
+        # torchvision.transforms.v2.functional.resize_image on a CPU uint8 tensor: interpolate on uint8 where torch
+        # has the native kernel (AVX2), else in float32, rounded back to uint8
+        size = [self.size["height"], self.size["width"]]
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image
+        if "AVX2" in torch.backends.cpu.get_cpu_capability():
+            return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        return resized[0].round_().to(torch.uint8)
+
+    def preprocess(self, images, return_tensors=None, **kwargs) -> BatchFeature:
+        """`images`: one or a list of uint8 arrays or tensors of shape `(height, width, 3)` or `(3, height, width)`,
+        or PIL images. Returns `pixel_values` and `original_sizes`."""
+        if kwargs.get("segmentation_maps") is not None:
+            raise ValueError("Sam2TorchImageProcessor does not process `segmentation_maps`.")
+        images = images if isinstance(images, (list, tuple)) else [images]
+        pixel_values, original_sizes = [], []
+        mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None] / self.rescale_factor
+        std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None] / self.rescale_factor
+        for image in images:
+            tensor = torch.as_tensor(np.array(image.convert("RGB")) if hasattr(image, "convert") else image)
+            if tensor.dtype != torch.uint8 or tensor.ndim != 3 or 3 not in (tensor.shape[0], tensor.shape[-1]):
+                raise ValueError(
+                    f"`images` must be uint8 RGB images of shape (height, width, 3) or (3, height, width), got "
+                    f"{_describe(tensor)}."
+                )
+            tensor = tensor if tensor.shape[0] == 3 and tensor.shape[-1] != 3 else tensor.permute(2, 0, 1)
+            original_sizes.append(list(tensor.shape[-2:]))
+            pixel_values.append((self._resize(tensor.contiguous()).float() - mean) / std)
+        return BatchFeature(
+            {"pixel_values": torch.stack(pixel_values), "original_sizes": original_sizes}, tensor_type=return_tensors
+        )
+
+    def post_process_masks(
+        self,
+        masks,
+        original_sizes,
+        mask_threshold: float = 0.0,
+        binarize: bool = True,
+        max_hole_area: float = 0.0,
+        max_sprinkle_area: float = 0.0,
+        apply_non_overlapping_constraints: bool = False,
+    ):
+        """Upsamples each image's `(num_prompts, channels, h, w)` logits to its original size (bilinear), then
+        thresholds them when `binarize`; the hole and sprinkle filling and the non-overlap constraint are refused."""
+        if max_hole_area or max_sprinkle_area or apply_non_overlapping_constraints:
+            raise ValueError(
+                "Sam2TorchImageProcessor.post_process_masks does not implement `max_hole_area`, `max_sprinkle_area` "
+                "or `apply_non_overlapping_constraints`."
+            )
+        outputs = []
+        for logits, original_size in zip(masks, original_sizes):
+            logits = torch.as_tensor(logits)
+            upsampled = F.interpolate(logits, [int(v) for v in original_size], mode="bilinear", align_corners=False)
+            outputs.append(upsampled > mask_threshold if binarize else upsampled)
+        return outputs
+
+
+def square_input_processor(kind: str, folder: str | None, model: nn.Module):
+    """`Sam2Processor` or `Sam3TrackerProcessor` for a model of `kind`, with the checkpoint's image processor
+    settings (`folder`'s `preprocessor_config.json`, else the model's input size and the class defaults):
+    transformers' image processor where torchvision loads, else `Sam2TorchImageProcessor`."""
+    import transformers
+
+    processor_name, image_processor_name = _SQUARE_KINDS[kind]
+    if is_torchvision_available():
+        image_processor_class = getattr(transformers, image_processor_name)
+    else:
+        logger.info("torchvision is not installed: %s runs through Sam2TorchImageProcessor.", kind)
+        image_processor_class = Sam2TorchImageProcessor
+    if folder is not None:
+        image_processor = image_processor_class.from_pretrained(folder)
+    else:
+        size = model.config.vision_config.backbone_config.image_size
+        size = size if isinstance(size, int) else size[0]
+        defaults = {}
+        if image_processor_class is Sam2TorchImageProcessor and kind == "sam3_tracker":
+            defaults = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # Sam3ImageProcessor's
+        image_processor = image_processor_class(size={"height": size, "width": size}, **defaults)
+    return getattr(transformers, processor_name)(image_processor=image_processor)
 
 
 def _processor_folder(spec: ModelSpec) -> str | None:
@@ -30,12 +179,13 @@ def _processor_folder(spec: ModelSpec) -> str | None:
 
 class Sam2Predictor:
     """
-    `SamPredictor`'s interface for a `Sam2Model`: `Sam2Processor` resizes and normalises the image and scales the
-    prompts; its `post_process_masks` brings the low-resolution logits back to the original size.
+    `SamPredictor`'s interface for a `Sam2Model` or `Sam3TrackerModel`: the processor (`Sam2Processor`,
+    `Sam3TrackerProcessor`) resizes and normalises the image and scales the prompts; its `post_process_masks` brings
+    the low-resolution logits back to the original size.
 
     Args:
-        model (`Sam2Model`): the model, frozen.
-        processor (`Sam2Processor`): its processor.
+        model (`Sam2Model` or `Sam3TrackerModel`): the model, frozen.
+        processor (`Sam2Processor` or `Sam3TrackerProcessor`): its processor.
         decoder_batch_size (`int`, *optional*, defaults to 20): prompts per decoder call.
     """
 
@@ -108,15 +258,8 @@ class Sam2Predictor:
 def make_predictor(model: nn.Module, spec: ModelSpec, *, decoder_batch_size: int = 20):
     """The predictor of `spec`'s kind for `model` (from `evaluation.load_model`), with the checkpoint's processor."""
     folder = _processor_folder(spec)
-    if spec.method == "sam2":
-        from transformers import Sam2ImageProcessor, Sam2Processor
-
-        if folder is not None:
-            processor = Sam2Processor.from_pretrained(folder)
-        else:
-            size = model.config.vision_config.backbone_config.image_size
-            size = size if isinstance(size, int) else size[0]
-            processor = Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size}))
+    if spec.method in _SQUARE_KINDS:
+        processor = square_input_processor(spec.method, folder, model)
         return Sam2Predictor(model, processor, decoder_batch_size=decoder_batch_size)
     image_processor = StableSamImageProcessor.from_pretrained(folder) if folder is not None else None
     # A released HQ-SAM answers with its default (fused) output; a train.py hq run with the HQ token it trained
@@ -126,4 +269,4 @@ def make_predictor(model: nn.Module, spec: ModelSpec, *, decoder_batch_size: int
     )
 
 
-__all__ = ["Sam2Predictor", "make_predictor"]
+__all__ = ["Sam2Predictor", "Sam2TorchImageProcessor", "make_predictor", "square_input_processor"]

@@ -5,7 +5,7 @@ Inference goes through the checkpoint's image processor: it resizes and normalis
 statistics), prompts drawn on the ground-truth mask in the original frame are scaled into the resized frame as
 `SamProcessor` does, and its `post_process_masks` brings the low-resolution logits back to the original size. The
 image encoder runs once per image; all prompts of one type go through the decoder as one point batch.
-`contenders.py` adds SAM 2 through its own processor.
+`contenders.py` adds SAM 2 and SAM 3's tracker through their own processors.
 """
 
 import hashlib
@@ -20,12 +20,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from transformers import Sam2Model, SamHQModel, SamModel
+from transformers import Sam2Model, Sam3TrackerModel, SamHQModel, SamModel
 
 from .image_processing_stable_sam import StableSamImageProcessor
 from .methods import METHODS, TRAINABLE_WEIGHTS_NAME, build_segmenter, trainable_weights_name
 from .metrics import mask_iou, mask_to_boundary, stability
 from .modeling_stable_sam import StableSamModel
+from .processing_stable_sam import StableSamProcessor
 from .prompts import masks_to_boxes, noisy_boxes, parse_prompt_type, sample_prompt
 
 
@@ -36,16 +37,24 @@ MODEL_KINDS = {
     "hq": "a SamHQModel checkpoint (syscv-community/sam-hq-vit-base), HQ-SAM's default output (the HQ mask fused with "
     "SAM's), or a run folder of train.py's hq method (the HQ token's mask, as trained)",
     "hq_token_only": "a SamHQModel checkpoint, the HQ token's mask alone (HQ-SAM's hq_token_only=True)",
-    "sam2": "a Sam2Model checkpoint (facebook/sam2.1-hiera-tiny), through Sam2Processor (needs torchvision)",
+    "sam2": "a Sam2Model checkpoint (facebook/sam2.1-hiera-large), through Sam2Processor",
+    "sam3_tracker": "a Sam3TrackerModel checkpoint (facebook/sam3), SAM 3's promptable tracker on one image, through "
+    "Sam3TrackerProcessor",
     "stable": "a StableSamModel checkpoint or a run folder of train.py's stable method",
     **{method: f"a run folder of train.py's {method} method" for method in METHODS if method not in ("stable", "hq")},
 }
 EVALUATION_METHODS = tuple(MODEL_KINDS)
 # The kinds that take a checkpoint (a Hub id or a model folder), not only a run folder
-CHECKPOINT_KINDS = ("sam", "hq", "hq_token_only", "sam2", "stable")
+CHECKPOINT_KINDS = ("sam", "hq", "hq_token_only", "sam2", "sam3_tracker", "stable")
 RUN_SUMMARY_NAME = "training_summary.json"
 # A checkpoint's config.json model_type -> kind, for specs that name none
-_METHOD_OF_MODEL_TYPE = {"sam": "sam", "stable_sam": "stable", "sam_hq": "hq", "sam2": "sam2"}
+_METHOD_OF_MODEL_TYPE = {
+    "sam": "sam",
+    "stable_sam": "stable",
+    "sam_hq": "hq",
+    "sam2": "sam2",
+    "sam3_tracker": "sam3_tracker",
+}
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # The COCO protocol's prompt: one noisy box per object, IoU in [0.5, 0.6) with the ground-truth box
@@ -195,7 +204,7 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
         if model_type not in _METHOD_OF_MODEL_TYPE:
             raise ValueError(
                 f"Model spec {spec!r} names no method and {path} is neither a run folder ({RUN_SUMMARY_NAME}) nor a "
-                f"local SAM, SAM 2, Stable-SAM or HQ-SAM checkpoint: write NAME=KIND:PATH with KIND in "
+                f"local SAM, SAM 2, SAM 3 tracker, Stable-SAM or HQ-SAM checkpoint: write NAME=KIND:PATH with KIND in "
                 f"{EVALUATION_METHODS}."
             )
         method = _METHOD_OF_MODEL_TYPE[model_type]
@@ -216,6 +225,8 @@ def load_model(spec: ModelSpec) -> nn.Module:
         model = SamModel.from_pretrained(spec.path)
     elif spec.method == "sam2":
         model = Sam2Model.from_pretrained(spec.path)
+    elif spec.method == "sam3_tracker":
+        model = Sam3TrackerModel.from_pretrained(spec.path)
     elif spec.method == "hq_token_only":
         model = SamHQModel.from_pretrained(spec.path)
     elif spec.method == "stable" and (not spec.run_folder or (Path(spec.path) / "config.json").is_file()):
@@ -343,6 +354,7 @@ class SamPredictor:
                 size={"longest_edge": size}, pad_size={"height": size, "width": size}
             )
         self.image_processor = image_processor
+        self.processor = StableSamProcessor(image_processor)
 
     @property
     def device(self) -> torch.device:
@@ -366,16 +378,15 @@ class SamPredictor:
         return ImageEncoding(features, original, reshaped)
 
     def to_model_frame(self, prompts: dict[str, torch.Tensor], encoding: ImageEncoding) -> dict[str, torch.Tensor]:
-        """Scales `input_boxes` / `input_points` from the original frame to the resized input, as `SamProcessor`."""
-        (old_h, old_w), (new_h, new_w) = encoding.original_size, encoding.reshaped_size
-        scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float64)
-        scaled = dict(prompts)
-        if "input_boxes" in prompts:
-            boxes = prompts["input_boxes"].double().reshape(-1, 2, 2) * scale  # N x 2 corners x (x, y)
-            scaled["input_boxes"] = boxes.reshape(-1, 4).float()
-        if "input_points" in prompts:
-            scaled["input_points"] = (prompts["input_points"].double() * scale).float()
-        return scaled
+        """Scales `input_boxes` (`(N, 4)`) / `input_points` (`(N, P, 2)`) from the original frame to the resized
+        input through the processor, as for its own users."""
+        keys = [key for key in ("input_boxes", "input_points") if key in prompts]
+        inputs = self.processor(
+            original_sizes=[encoding.original_size],
+            **{key: [prompts[key].tolist()] for key in keys},  # 1 image x N prompts x ...
+            return_tensors="pt",
+        )
+        return {**prompts, **{key: inputs[key][0].float() for key in keys}}
 
     def postprocess(self, low_res: torch.Tensor, encoding: ImageEncoding, chunk_size: int = 4) -> torch.Tensor:
         """

@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoProcessor, SamImageProcessorPil, SamProcessor
+from transformers import AutoImageProcessor, AutoProcessor, BatchEncoding, SamImageProcessorPil, SamProcessor
 
 from .image_processing_stable_sam import StableSamImageProcessor, preprocess_shape
 from .mask_prompts import DEFAULT_MASK_LOGIT, binarize_masks, masks_to_prompt_logits
@@ -79,7 +79,9 @@ class StableSamProcessor(SamProcessor):
       `torch.Tensor` of shape `(batch_size, 1, mask_height, mask_width)` (256 x 256 for SAM's 1024 input), exactly what
       `SamModel`/`StableSamModel` take as `input_masks`. SAM adds one dense mask embedding per image to every prompt of
       that image, so an image with a mask prompt carries one object (`point_batch_size` 1): to give different objects
-      of one image different masks, repeat the image (or its `image_embeddings`) once per object.
+      of one image different masks, repeat the image (or its `image_embeddings`) once per object;
+    - `original_sizes` in place of `images`, as `Sam2Processor` takes them: prompts for images already encoded
+      (`image_embeddings`) are scaled without processing the images again.
 
     A mask prompt for an image is a 2-D array or tensor, either
     - at the original image size: binary (bool, integer 0/1 or 0-255, or float 0/1) masks become logits
@@ -108,6 +110,7 @@ class StableSamProcessor(SamProcessor):
         input_boxes=None,
         input_masks=None,
         mask_logit_scale: float | None = None,
+        original_sizes=None,
         **kwargs,
     ):
         r"""
@@ -121,6 +124,8 @@ class StableSamProcessor(SamProcessor):
             One mask prompt per image (a one-element list per image is accepted too), see the class docstring.
         mask_logit_scale (`float`, *optional*, defaults to `self.mask_logit_scale`):
             Logit given to foreground pixels of binary mask prompts; background gets its negative.
+        original_sizes (`NestedList` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
+            `(height, width)` of each image, in place of `images`: only the prompts are processed.
 
         Returns:
             `BatchEncoding` with `pixel_values`, `original_sizes`, `reshaped_input_sizes` and, when given,
@@ -137,9 +142,25 @@ class StableSamProcessor(SamProcessor):
         if points is not None and labels is not None:
             self._check_points_match_labels(points, labels)
 
-        encoding = super().__call__(images=images, text=text, segmentation_maps=segmentation_maps, **kwargs)
+        if images is None and original_sizes is not None:
+            if text is not None or segmentation_maps is not None:
+                raise ValueError("`original_sizes` replaces `images`: pass no `text` or `segmentation_maps` with it.")
+            sizes = np.asarray(_to_list(original_sizes))
+            if (
+                sizes.ndim != 2
+                or sizes.shape[1] != 2
+                or not np.issubdtype(sizes.dtype, np.number)
+                or (sizes < 1).any()
+            ):
+                raise ValueError(
+                    f"`original_sizes` must be (height, width) pairs of positive ints, got {original_sizes!r}."
+                )
+            return_tensors = "pt" if kwargs.get("return_tensors") == "pt" else None
+            encoding = BatchEncoding({"original_sizes": sizes.astype(np.int64)})
+        else:
+            encoding = super().__call__(images=images, text=text, segmentation_maps=segmentation_maps, **kwargs)
+            return_tensors = "pt" if isinstance(encoding["pixel_values"], torch.Tensor) else None
         original_sizes = [tuple(int(v) for v in size) for size in _to_list(encoding["original_sizes"])]
-        return_tensors = "pt" if isinstance(encoding["pixel_values"], torch.Tensor) else None
 
         prompts = {}
         if points is not None:
@@ -163,6 +184,8 @@ class StableSamProcessor(SamProcessor):
             prompts["input_masks"] = self._process_masks(input_masks, original_sizes, scale).numpy()
         if return_tensors == "pt":
             prompts = {key: torch.from_numpy(value) for key, value in prompts.items()}
+            if images is None:
+                encoding["original_sizes"] = torch.from_numpy(encoding["original_sizes"])
         encoding.update(prompts)
         return encoding
 
