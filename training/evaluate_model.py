@@ -1,16 +1,17 @@
-"""A prompt-robustness benchmark for every SAM in transformers: SAM, HQ-SAM, SAM 2, Stable-SAM and any run of
-training/train.py, side by side under poor prompts and under simulated clicks.
+"""A prompt-robustness benchmark for every SAM in transformers: SAM, HQ-SAM, SAM 2, SAM 3's tracker, Stable-SAM and
+any run of training/train.py, side by side under poor prompts and under simulated clicks.
 
     python training/evaluate_model.py --dataset data/hqseg44k --output_dir eval \\
         --models sam=sam:facebook/sam-vit-base hq=hq:syscv-community/sam-hq-vit-base \\
-        sam2=sam2:facebook/sam2.1-hiera-tiny stable=runs/stable --protocol prompts interactive sweep
+        sam2=sam2:facebook/sam2.1-hiera-tiny sam3=sam3_tracker:facebook/sam3 stable=runs/stable \\
+        --protocol prompts interactive sweep
     accelerate launch --multi_gpu --num_processes 4 training/evaluate_model.py ...   # objects split over GPUs
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 training/evaluate_model.py ...  # or over CPU processes
     python training/evaluate_model.py --models sam=sam:facebook/sam-vit-base stable=runs/stable --output_dir eval \\
         --coco_annotations coco/annotations/instances_val2017.json --coco_images coco/val2017
 
-Model kinds (NAME=KIND:PATH): sam, hq (HQ-SAM's default fused output), hq_token_only, sam2, stable, and the methods of
-train.py for run folders; each model goes through its own processor's pre- and post-processing. Datasets: any folder
+Model kinds (NAME=KIND:PATH): sam, hq (HQ-SAM's default fused output), hq_token_only, sam2, sam3_tracker, stable, and
+the methods of train.py for run folders; each model goes through its own processor's pre- and post-processing. Datasets: any folder
 or Hub dataset in the layout training/prepare_hqseg44k.py writes (the HQ validation sets, or your own), and
 COCO-format annotations (mask AP under noisy boxes).
 

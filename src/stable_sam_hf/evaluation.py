@@ -37,7 +37,7 @@ MODEL_KINDS = {
     "hq": "a SamHQModel checkpoint (syscv-community/sam-hq-vit-base), HQ-SAM's default output (the HQ mask fused with "
     "SAM's), or a run folder of train.py's hq method (the HQ token's mask, as trained)",
     "hq_token_only": "a SamHQModel checkpoint, the HQ token's mask alone (HQ-SAM's hq_token_only=True)",
-    "sam2": "a Sam2Model checkpoint (facebook/sam2.1-hiera-large), through Sam2Processor",
+    "sam2": "a Sam2Model checkpoint (facebook/sam2.1-hiera-tiny), through Sam2Processor",
     "sam3_tracker": "a Sam3TrackerModel checkpoint (facebook/sam3), SAM 3's promptable tracker on one image, through "
     "Sam3TrackerProcessor",
     "stable": "a StableSamModel checkpoint or a run folder of train.py's stable method",

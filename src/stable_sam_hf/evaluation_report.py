@@ -185,22 +185,24 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, pr
                 )
         interactive = [by_cell.get((spec.name, None, AVERAGE, INTERACTIVE)) for spec in specs]
         if any(interactive):
+            # mIoU after 1, 3, 5, 10 clicks and after the last one
+            clicks = sorted({k for k in (1, 3, 5, 10) if k < args.max_clicks} | {args.max_clicks})
             lines += [
                 "",
                 f"Interactive protocol (up to {args.max_clicks} clicks, average over the datasets): NoC@85 / NoC@90 "
                 f"are the clicks needed to reach 85 / 90 % IoU ({args.max_clicks} when never reached), with their 95 % "
-                "bootstrap intervals; mIoU after 1, 3, 5 and 10 clicks in %; alpha_1 is Stable-SAM's DRP weight, the "
-                "mean over every click's prediction of an object, averaged over objects.",
+                f"bootstrap intervals; mIoU after {', '.join(map(str, clicks))} clicks in %; alpha_1 is Stable-SAM's DRP "
+                "weight, the mean over every click's prediction of an object, averaged over objects.",
                 "",
             ]
-            header = ["model", "NoC@85", "NoC@90", "never 85 %", "mIoU@1", "mIoU@3", "mIoU@5", "mIoU@10"]
+            header = ["model", "NoC@85", "NoC@90", "never 85 %", *(f"mIoU@{k}" for k in clicks)]
             header += ["alpha_1", "objects"]
             lines += [_md_row(header), _md_row(["---"] * len(header))]
             for spec, row in zip(specs, interactive):
                 if row is None:
                     continue
                 curve = row.get("mIoU_curve") or []
-                at = [_format(curve[k - 1]) if len(curve) >= k else "-" for k in (1, 3, 5, 10)]
+                at = [_format(curve[k - 1]) if len(curve) >= k else "-" for k in clicks]
                 lines.append(
                     _md_row(
                         [
