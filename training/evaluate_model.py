@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from stable_sam_hf.clicks import MAX_CLICKS, number_of_clicks, simulate_clicks
+from stable_sam_hf.clicks import MAX_CLICKS, simulate_clicks
 from stable_sam_hf.contenders import make_predictor
 from stable_sam_hf.data import BadSampleError, SkipCounter, decode_sample, hqseg_subsets, load_segmentation_subsets
 from stable_sam_hf.evaluation import (
@@ -65,17 +64,15 @@ from stable_sam_hf.evaluation import (
     score_object,
 )
 from stable_sam_hf.evaluation_report import (
-    AVERAGE,
     COCO_DATASET,
-    CSV_COLUMNS,
     INTERACTIVE,
     markdown_tables,
+    summarize_records,
     write_csv,
     write_markdown,
     write_plots,
     write_results_json,
 )
-from stable_sam_hf.metrics import bootstrap_interval
 from stable_sam_hf.prompts import EVALUATION_PROMPT_TYPES, parse_prompt_type
 
 
@@ -643,165 +640,6 @@ def _rgb_array(image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-# Tables
-
-
-def _mean(values: list[float]) -> float:
-    values = [value for value in values if value is not None and not math.isnan(value)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def summarize_records(
-    records: list[dict[str, Any]],
-    specs: list[ModelSpec],
-    args: EvaluationArguments,
-    skipped: dict[str, dict[str, SkipCounter]],
-    coco_ap: dict[str, tuple[float, float]],
-    coco_skipped: dict[str, int],
-) -> list[dict[str, Any]]:
-    """One row per model x routing weight x dataset x prompt type (plus the average over the HQ datasets).
-
-    Each row has a bootstrap interval of its mIoU and, except the reference model's own rows, the mIoU difference to
-    the reference model (its unforced rows) on the objects both have, with a paired interval.
-    """
-    cells = defaultdict(list)
-    for record in sorted(records, key=lambda r: (r["dataset"], r["id"])):
-        cells[(record["model"], record["routing_weight"], record["dataset"], record["prompt_type"])].append(record)
-    reference = args.reference_model or specs[0].name
-    object_iou = {key: {record["id"]: _object_iou(record) for record in cell} for key, cell in cells.items()}
-
-    def add_intervals(row: dict[str, Any], datasets: list[str]) -> None:
-        model, weight, prompt_type = row["model"], row["routing_weight"], row["prompt_type"]
-        groups = [object_iou.get((model, weight, dataset, prompt_type), {}) for dataset in datasets]
-        compared = (
-            None
-            if (model, weight) == (reference, None)
-            else [object_iou.get((reference, None, dataset, prompt_type), {}) for dataset in datasets]
-        )
-        row.update(_intervals(groups, compared, args.bootstrap_resamples))
-
-    rows = []
-    for spec in specs:
-        weights = sorted({key[1] for key in cells if key[0] == spec.name}, key=lambda w: (w is not None, w or 0.0))
-        datasets = list(skipped.get(spec.name, {}))
-        for weight in weights:
-            for prompt_type in dataset_prompt_types(args):
-                per_dataset = []
-                for dataset in datasets:
-                    cell = cells.get((spec.name, weight, dataset, prompt_type), [])
-                    row = _row(spec, args, weight, dataset, prompt_type, cell, skipped[spec.name][dataset].total())
-                    add_intervals(row, [dataset])
-                    rows.append(row)
-                    per_dataset.append(row)
-                if per_dataset:
-                    row = _average_row(spec, args, weight, prompt_type, per_dataset)
-                    add_intervals(row, [r["dataset"] for r in per_dataset if r["num_objects"]])
-                    if prompt_type == INTERACTIVE:
-                        groups = [cells.get((spec.name, weight, r["dataset"], prompt_type), []) for r in per_dataset]
-                        row.update(_interactive_columns([record for cell in groups for record in cell], args, groups))
-                    rows.append(row)
-        if spec.name in coco_ap:
-            cell = cells.get((spec.name, None, COCO_DATASET, COCO_PROMPT_TYPE), [])
-            row = _row(spec, args, None, COCO_DATASET, COCO_PROMPT_TYPE, cell, coco_skipped[spec.name])
-            row["mAP"], row["mAP50"] = (100 * value for value in coco_ap[spec.name])
-            row["num_prompts"] = 1
-            add_intervals(row, [COCO_DATASET])
-            rows.append(row)
-    return rows
-
-
-def _intervals(
-    groups: list[dict[str, float]], reference: list[dict[str, float]] | None, num_resamples: int
-) -> dict[str, float | None]:
-    """mIoU's bootstrap interval from per-object IoUs `{id: iou}` (one dict per dataset), and the mIoU difference
-    to `reference` (same layout) on the objects both have, with its paired interval; all in %."""
-    row = {column: None for column in ("mIoU_low", "mIoU_high", "mIoU_diff", "mIoU_diff_low", "mIoU_diff_high")}
-    values = [torch.tensor(list(group.values()), dtype=torch.float64) for group in groups if group]
-    if num_resamples and values:
-        row["mIoU_low"], row["mIoU_high"] = (100 * v for v in bootstrap_interval(values, num_resamples=num_resamples))
-    if reference is None:
-        return row
-    differences = []
-    for group, other in zip(groups, reference):
-        common = [key for key in group if key in other]
-        if common:
-            differences.append(torch.tensor([group[key] - other[key] for key in common], dtype=torch.float64))
-    means = [d.nanmean() for d in differences if not torch.isnan(d).all()]
-    if means:
-        row["mIoU_diff"] = 100 * torch.stack(means).mean().item()
-        if num_resamples:
-            interval = bootstrap_interval(differences, num_resamples=num_resamples)
-            row["mIoU_diff_low"], row["mIoU_diff_high"] = (100 * v for v in interval)
-    return row
-
-
-def _object_iou(record: dict[str, Any]) -> float:
-    """The per-object value behind mIoU, its interval and the paired difference: the mean IoU over the object's
-    prompts, or for the interactive protocol the IoU after the first click."""
-    if record["prompt_type"] == INTERACTIVE:
-        return record["iou"][0] if record["iou"] else math.nan
-    return _mean(record["iou"])
-
-
-def _interactive_columns(cell: list[dict[str, Any]], args, groups: list[list[dict[str, Any]]] | None = None):
-    """NoC@85 / NoC@90 with bootstrap intervals (objects resampled within each dataset), objects never reaching 85 %,
-    and the mIoU curve after 1..max_clicks clicks (in %)."""
-    columns = {}
-    groups = groups if groups is not None else [cell]
-    for threshold, name in ((0.85, "NoC85"), (0.90, "NoC90")):
-        per_group = [[number_of_clicks(r["iou"], threshold, args.max_clicks) for r in group] for group in groups]
-        per_group = [torch.tensor(values, dtype=torch.float64) for values in per_group if values]
-        columns[name] = torch.stack([v.mean() for v in per_group]).mean().item() if per_group else None
-        columns[f"{name}_low"] = columns[f"{name}_high"] = None
-        if per_group and args.bootstrap_resamples:
-            columns[f"{name}_low"], columns[f"{name}_high"] = bootstrap_interval(
-                per_group, num_resamples=args.bootstrap_resamples
-            )
-    columns["failed_85"] = sum(max(r["iou"][: args.max_clicks]) < 0.85 for r in cell)
-    curves = [torch.tensor([r["iou"] for r in group], dtype=torch.float64) for group in groups if group]
-    columns["mIoU_curve"] = (100 * torch.stack([c.mean(dim=0) for c in curves]).mean(dim=0)).tolist() if curves else []
-    return columns
-
-
-def _row(spec, args, weight, dataset, prompt_type, cell, num_skipped) -> dict[str, Any]:
-    alphas = [record["alpha_1"] for record in cell if record["alpha_1"] is not None]
-    interactive = prompt_type == INTERACTIVE
-    extra = _interactive_columns(cell, args) if interactive else {}
-    return {
-        **{column: None for column in CSV_COLUMNS},
-        **extra,
-        "model": spec.name,
-        "model_id": spec.model_id,
-        "routing_weight": weight,
-        "dataset": dataset,
-        "prompt_type": prompt_type,
-        "mIoU": 100 * _mean([_object_iou(record) for record in cell]),
-        "mBIoU": 100 * _mean([_mean(record["boundary_iou"]) for record in cell]),
-        "ST": 100 * _mean([record["stability"] for record in cell]),
-        # The model's own estimate of its masks' IoU (SAM's IoU head); records of older runs may lack it
-        "pred_IoU": 100 * _mean([_mean(record.get("predicted_iou") or []) for record in cell]),
-        "alpha_1": _mean(alphas) if alphas else None,
-        "mAP": None,
-        "mAP50": None,
-        "num_objects": len(cell),
-        "num_skipped": num_skipped,
-        "num_prompts": 1 if dataset != COCO_DATASET and prompt_type in ("box", INTERACTIVE) else args.num_prompts,
-        "seed": args.seed,
-    }
-
-
-def _average_row(spec, args, weight, prompt_type, per_dataset) -> dict[str, Any]:
-    row = dict(per_dataset[0], dataset=AVERAGE)
-    used = [r for r in per_dataset if r["num_objects"]]
-    for column in ("mIoU", "mBIoU", "ST", "pred_IoU"):
-        row[column] = _mean([r[column] for r in used])
-    alphas = [r["alpha_1"] for r in used if r["alpha_1"] is not None]
-    row["alpha_1"] = _mean(alphas) if alphas else None
-    row["num_objects"] = sum(r["num_objects"] for r in per_dataset)
-    row["num_skipped"] = sum(r["num_skipped"] for r in per_dataset)
-    return row
-
-
 # Main
 
 
@@ -873,7 +711,7 @@ def main(argv=None) -> list[dict[str, Any]]:
             for dataset, counter in skipped.get(spec.name, {}).items():
                 if counter.total():
                     logger.warning(f"{spec.name} {dataset}: {counter.report()}")
-        rows = summarize_records(records, specs, args, skipped, coco_ap, coco_skipped)
+        rows = summarize_records(records, specs, args, dataset_prompt_types(args), skipped, coco_ap, coco_skipped)
         write_csv(rows, output_dir / "results.csv")
         table = markdown_tables(rows, specs, args, dataset_prompt_types(args))
         write_markdown(table, output_dir / "results.md")
