@@ -102,8 +102,9 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
             raise ValueError("Sam2TorchImageProcessor does not process `segmentation_maps`.")
         images = images if isinstance(images, (list, tuple)) else [images]
         pixel_values, original_sizes = [], []
-        mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None] / self.rescale_factor
-        std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None] / self.rescale_factor
+        # Rescaling folded into the statistics, in float32, as TorchvisionBackend.rescale_and_normalize does
+        mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None] * (1.0 / self.rescale_factor)
+        std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None] * (1.0 / self.rescale_factor)
         for image in images:
             tensor = torch.as_tensor(np.array(image.convert("RGB")) if hasattr(image, "convert") else image)
             if tensor.dtype != torch.uint8 or tensor.ndim != 3 or 3 not in (tensor.shape[0], tensor.shape[-1]):
