@@ -317,6 +317,10 @@ def test_sam2_torch_image_processor_reads_released_configs(tmp_path):
     b = processor(images=torch.from_numpy(gradient).permute(2, 0, 1), return_tensors="pt")["pixel_values"]
     c = processor(images=Image.fromarray(gradient), return_tensors="pt")["pixel_values"]
     assert torch.equal(a, b) and torch.equal(a, c)
+    # PIL transparency is composited onto white, as transformers' image processors do
+    rgba = np.concatenate([gradient, np.zeros((50, 70, 1), dtype=np.uint8)], axis=-1)
+    white = processor(images=np.full((50, 70, 3), 255, dtype=np.uint8), return_tensors="pt")["pixel_values"]
+    assert torch.equal(processor(images=Image.fromarray(rgba, "RGBA"), return_tensors="pt")["pixel_values"], white)
     # Antialiased bilinear: stripes 2 columns wide, halved, give 1/4 and 3/4 grey (weights 1/8, 3/8, 3/8, 1/8 over 4
     # columns), where plain bilinear would keep black and white
     stripes = np.broadcast_to((np.arange(80) // 2 % 2 * 255).astype(np.uint8)[None, :, None], (64, 80, 3))

@@ -14,11 +14,12 @@ tensor resize is `torch.nn.functional.interpolate`); `tests/test_benchmark.py` c
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.utils import is_torchvision_available
 
@@ -106,7 +107,10 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
         mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None] * (1.0 / self.rescale_factor)
         std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None] * (1.0 / self.rescale_factor)
         for image in images:
-            tensor = torch.as_tensor(np.array(image.convert("RGB")) if hasattr(image, "convert") else image)
+            # PIL images as transformers converts them (transparency composited onto white)
+            tensor = torch.as_tensor(
+                convert_to_rgb(image, return_numpy=True) if isinstance(image, Image.Image) else image
+            )
             if tensor.dtype != torch.uint8 or tensor.ndim != 3 or 3 not in (tensor.shape[0], tensor.shape[-1]):
                 raise ValueError(
                     f"`images` must be uint8 RGB images of shape (height, width, 3) or (3, height, width), got "
