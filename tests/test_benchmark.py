@@ -205,6 +205,8 @@ def test_every_kind_runs_every_protocol(kinds_workspace, kinds_run):
     assert hq.keys() == token.keys() and hq != token
     markdown = (kinds_run / "results.md").read_text()
     assert "NoC@85" in markdown and all(f"| {name} |" in markdown for name in names)
+    # mIoU after 1 click and after the last (--max_clicks 3)
+    assert "| mIoU@1 | mIoU@3 | alpha_1 |" in markdown
     for plot in ("miou_vs_clicks.png", "miou_vs_noise_scale.png", "miou_vs_points.png"):
         assert (kinds_run / plot).stat().st_size > 1000
     # The model card writer takes results.json's per-model results as they are
@@ -338,7 +340,14 @@ def test_sam2_torch_image_processor_reads_released_configs(tmp_path):
 
 @pytest.mark.parametrize(
     ("overrides", "named"),
-    [({"resample": 3}, "resample"), ({"do_pad": True}, "do_pad"), ({"do_normalize": False}, "do_normalize")],
+    [
+        ({"resample": 3}, "resample"),
+        ({"do_pad": True}, "do_pad"),
+        ({"do_normalize": False}, "do_normalize"),
+        ({"do_convert_rgb": False}, "do_convert_rgb"),
+        ({"size": 1024}, "size"),
+        ({"image_mean": 0.5}, "image_mean"),
+    ],
 )
 def test_sam2_torch_image_processor_refuses_what_it_does_not_implement(tmp_path, overrides, named):
     from stable_sam_hf.contenders import Sam2TorchImageProcessor
@@ -347,9 +356,69 @@ def test_sam2_torch_image_processor_refuses_what_it_does_not_implement(tmp_path,
         Sam2TorchImageProcessor.from_pretrained(_sam2_preprocessor_config(tmp_path, **overrides))
 
 
+def test_sam2_torch_image_processor_refuses_bad_calls():
+    from stable_sam_hf.contenders import Sam2TorchImageProcessor
+
+    processor = Sam2TorchImageProcessor(size={"height": 16, "width": 16})
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="do_normalize"):
+        processor(images=image, do_normalize=False)
+    with pytest.raises(ValueError, match="size"):
+        processor(images=image, size={"height": 32, "width": 32})
+    for bad in (np.zeros((20, 30), dtype=np.uint8), np.zeros((20, 30, 3), dtype=np.float32), "photo.jpg"):
+        with pytest.raises(ValueError, match="images"):
+            processor(images=bad)
+    with pytest.raises(ValueError, match="images"):
+        processor(images=[])
+    # An array whose first and last axes both have 3 entries is read channels first, as transformers reads it
+    assert processor(images=np.zeros((3, 40, 3), dtype=np.uint8))["original_sizes"] == [[40, 3]]
+
+
+REFERENCE = Path(__file__).parent / "data" / "sam2_image_processor_reference.npz"
+
+
+@pytest.mark.parametrize(("branch", "capability"), [("native", "AVX2"), ("native", "AVX512"), ("float", "DEFAULT")])
+def test_sam2_torch_image_processor_matches_transformers_reference(monkeypatch, branch, capability):
+    """Against pixel values of transformers 5.25's `Sam2ImageProcessor(size={"height": 16, "width": 24})`, computed
+    with torchvision 0.28.0 on an x86 CPU: resized by torch's native uint8 kernel (the CPU reporting AVX2) and by the
+    float path torchvision takes elsewhere (reporting DEFAULT); the two differ, so each branch is checked."""
+    import platform
+
+    from stable_sam_hf.contenders import Sam2TorchImageProcessor
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    rng = np.random.default_rng(2026)
+    images = {
+        "down": rng.integers(0, 256, (40, 50, 3), dtype=np.uint8),
+        "up": rng.integers(0, 256, (13, 17, 3), dtype=np.uint8),
+        "rgba": Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), "RGBA"),
+    }
+    reference = np.load(REFERENCE)
+    processor = Sam2TorchImageProcessor(size={"height": 16, "width": 24})
+    for name, image in images.items():
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(pixels, torch.from_numpy(reference[f"{branch}_{name}"])), name
+
+
+def test_square_input_processor_fills_the_kinds_defaults(tmp_path):
+    from stable_sam_hf.contenders import square_input_processor
+
+    folder = tmp_path / "sam3"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "Sam3ImageProcessor"}))
+    processor = square_input_processor("sam3_tracker", str(folder), model=None)
+    image_processor = processor.image_processor
+    assert image_processor.size == {"height": 1008, "width": 1008} and processor.target_size == 1008
+    assert list(image_processor.image_mean) == list(image_processor.image_std) == [0.5, 0.5, 0.5]
+    # Sam2Processor scales prompts by one target size for both axes: a non-square input is refused
+    with pytest.raises(ValueError, match="square"):
+        square_input_processor("sam2", str(_sam2_preprocessor_config(tmp_path / "sam2")), model=None)
+
+
 @pytest.mark.skipif(
     not _has_torchvision(),
-    reason="compares with transformers' torchvision-based Sam2ImageProcessor; torchvision's PyPI wheels need CUDA torch",
+    reason="compares with transformers' torchvision-based Sam2ImageProcessor; torchvision's wheels need CUDA torch",
 )
 def test_sam2_torch_image_processor_equals_transformers(tmp_path):
     from transformers import Sam2ImageProcessor

@@ -101,8 +101,13 @@ def test_original_sizes_replace_images(processor, images):
     assert torch.equal(with_sizes["original_sizes"], with_images["original_sizes"])
     for key in prompts:
         assert torch.equal(with_sizes[key], with_images[key]), key
-    with pytest.raises(ValueError, match="original_sizes"):
-        processor(original_sizes=[[30, 0]], input_boxes=[[[1, 2, 3, 4]]])
+    for bad in ([[30, 0]], [[30.5, 40]], [30, 40]):
+        with pytest.raises(ValueError, match="original_sizes"):
+            processor(original_sizes=bad, input_boxes=[[[1, 2, 3, 4]]])
+    with pytest.raises(ValueError, match="either `images` or `original_sizes`"):
+        processor(images, original_sizes=sizes, input_boxes=prompts["input_boxes"])
+    with pytest.raises(ValueError, match="either `images` or `original_sizes`"):
+        processor(input_boxes=prompts["input_boxes"])
     with pytest.raises(ValueError, match="input_boxes"):
         processor(original_sizes=sizes, input_boxes=[[[1, 2, 3, 4]]] * 3)
 

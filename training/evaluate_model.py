@@ -11,9 +11,9 @@ any run of training/train.py, side by side under poor prompts and under simulate
         --coco_annotations coco/annotations/instances_val2017.json --coco_images coco/val2017
 
 Model kinds (NAME=KIND:PATH): sam, hq (HQ-SAM's default fused output), hq_token_only, sam2, sam3_tracker, stable, and
-the methods of train.py for run folders; each model goes through its own processor's pre- and post-processing. Datasets: any folder
-or Hub dataset in the layout training/prepare_hqseg44k.py writes (the HQ validation sets, or your own), and
-COCO-format annotations (mask AP under noisy boxes).
+the methods of train.py for run folders; each model goes through its own processor's pre- and post-processing.
+Datasets: any folder or Hub dataset in the layout training/prepare_hqseg44k.py writes (the HQ validation sets, or your
+own), and COCO-format annotations (mask AP under noisy boxes).
 
 Protocols (--protocol): `prompts` prompts each object `--num_prompts` times per prompt type (the GT box once: it is
 the same every time); `sweep` adds noisy boxes at noise scales 0.1 to 0.6 and 1 to 5 points; `interactive` simulates

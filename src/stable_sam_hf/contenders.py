@@ -12,15 +12,23 @@ tensor resize is `torch.nn.functional.interpolate`); `tests/test_benchmark.py` c
 """
 
 import logging
+import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_transforms import convert_to_rgb
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    PILImageResampling,
+)
 from transformers.utils import is_torchvision_available
 
 from .evaluation import ImageEncoding, ModelSpec, Prediction, SamPredictor, _describe
@@ -30,20 +38,34 @@ from .image_processing_stable_sam import StableSamImageProcessor
 logger = logging.getLogger(__name__)
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
-# The kinds whose processor resizes to a square: (processor class, image processor class) in transformers
+# The kinds whose processor resizes to a square: (processor class, image processor class) in transformers, and
+# that image processor's defaults
 _SQUARE_KINDS = {
     "sam2": ("Sam2Processor", "Sam2ImageProcessor"),
     "sam3_tracker": ("Sam3TrackerProcessor", "Sam3ImageProcessor"),
+}
+_SQUARE_KIND_DEFAULTS = {
+    "sam2": {
+        "size": {"height": 1024, "width": 1024},
+        "image_mean": IMAGENET_DEFAULT_MEAN,
+        "image_std": IMAGENET_DEFAULT_STD,
+    },
+    "sam3_tracker": {
+        "size": {"height": 1008, "width": 1008},
+        "image_mean": IMAGENET_STANDARD_MEAN,
+        "image_std": IMAGENET_STANDARD_STD,
+    },
 }
 
 
 class Sam2TorchImageProcessor(BaseImageProcessor):
     """
     The image side of `Sam2ImageProcessor` (and `Sam3ImageProcessor`, which differs in its defaults) without
-    torchvision: a uint8 RGB image is resized to `size` (no aspect ratio kept) by antialiased bilinear interpolation
-    on uint8, as torchvision's `resize` does on CPU, then rescaled and normalised in float32; `post_process_masks`
-    is `Sam2ImageProcessor`'s bilinear upsampling to the original size. It reads the same `preprocessor_config.json`
-    and refuses settings it does not implement.
+    torchvision, for RGB uint8 arrays and tensors and PIL images of any mode: the image is resized to `size` (no
+    aspect ratio kept) by antialiased bilinear interpolation as torchvision's `resize` does on CPU (on uint8 where
+    torch has the native kernel, else in float32 rounded back to uint8), then rescaled and normalised in float32;
+    `post_process_masks` is `Sam2ImageProcessor`'s bilinear upsampling to the original size. It reads the same
+    `preprocessor_config.json` and refuses settings it does not implement, at construction and per call.
 
     Args:
         size (`dict`, *optional*, defaults to `{"height": 1024, "width": 1024}`): the model's input size.
@@ -53,6 +75,16 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    # Settings of transformers' processors this one does only one way: their value here, or None
+    _FIXED_SETTINGS = {
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "resample": PILImageResampling.BILINEAR,
+        "do_center_crop": False,
+        "do_pad": False,
+    }
 
     def __init__(
         self,
@@ -62,63 +94,89 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
         rescale_factor: float = 1 / 255,
         **kwargs,
     ):
-        expected = {
-            "do_resize": True,
-            "do_rescale": True,
-            "do_normalize": True,
-            "resample": PILImageResampling.BILINEAR,
-        }
-        unsupported = {key: kwargs[key] for key in expected if kwargs.get(key) not in (None, expected[key])}
-        unsupported.update({key: kwargs[key] for key in ("do_center_crop", "do_pad") if kwargs.get(key)})
-        if unsupported:
-            raise ValueError(
-                f"Sam2TorchImageProcessor implements SAM 2's default resize (bilinear), rescale and normalisation "
-                f"only; the configuration asks for {unsupported}. Install torchvision to use transformers' processor."
-            )
-        kwargs = {key: value for key, value in kwargs.items() if not key.startswith(("do_", "resample"))}
+        self._check_fixed_settings(kwargs, "the configuration")
+        kwargs = {key: value for key, value in kwargs.items() if key not in self._FIXED_SETTINGS}
         super().__init__(**kwargs)
-        size = size or {"height": 1024, "width": 1024}
-        if set(size) != {"height", "width"} or min(size.values()) < 1:
+        size = {"height": 1024, "width": 1024} if size is None else size
+        if (
+            not isinstance(size, dict)
+            or set(size) != {"height", "width"}
+            or not all(isinstance(v, int) and v >= 1 for v in size.values())
+        ):
             raise ValueError(f"`size` must be {{'height': int, 'width': int}} with positive sides, got {size!r}.")
+        image_mean = IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean
+        image_std = IMAGENET_DEFAULT_STD if image_std is None else image_std
+        for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+            if not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise ValueError(f"`{name}` must be a list of 3 floats (one per RGB channel), got {value!r}.")
         self.size = dict(size)
-        self.image_mean = list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN)
-        self.image_std = list(image_std if image_std is not None else IMAGENET_DEFAULT_STD)
+        self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.rescale_factor = rescale_factor
 
+    @classmethod
+    def _check_fixed_settings(cls, settings: dict, where: str) -> None:
+        unsupported = {
+            key: settings[key]
+            for key, value in cls._FIXED_SETTINGS.items()
+            if settings.get(key) is not None and settings[key] != value
+        }
+        if unsupported:
+            raise ValueError(
+                f"Sam2TorchImageProcessor implements SAM 2's processing only (RGB, bilinear resize, rescale, "
+                f"normalisation; no crop or pad); {where} asks for {unsupported}. Install torchvision to use "
+                "transformers' processor."
+            )
+
     def _resize(self, image: torch.Tensor) -> torch.Tensor:
-        # torchvision.transforms.v2.functional.resize_image on a CPU uint8 tensor: interpolate on uint8 where torch
-        # has the native kernel (AVX2), else in float32, rounded back to uint8
+        # torchvision.transforms.v2.functional.resize_image on a CPU uint8 tensor: torch's native uint8 kernel where
+        # torchvision uses it (_do_native_uint8_resize_on_cpu), else float32 rounded back to uint8
         size = [self.size["height"], self.size["width"]]
         if tuple(image.shape[-2:]) == tuple(size):
             return image
-        if "AVX2" in torch.backends.cpu.get_cpu_capability():
+        native = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        if native or platform.machine() in ("aarch64", "arm64"):
             return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
         return resized[0].round_().to(torch.uint8)
 
-    def preprocess(self, images, return_tensors=None, **kwargs) -> BatchFeature:
-        """`images`: one or a list of uint8 arrays or tensors of shape `(height, width, 3)` or `(3, height, width)`,
-        or PIL images. Returns `pixel_values` and `original_sizes`."""
-        if kwargs.get("segmentation_maps") is not None:
+    def _to_tensor(self, image) -> torch.Tensor:
+        # PIL images as transformers converts them (transparency composited onto white); arrays channels first when
+        # their first axis has 3 entries, as transformers infers it
+        if isinstance(image, Image.Image):
+            return torch.from_numpy(convert_to_rgb(image, return_numpy=True)).permute(2, 0, 1)
+        tensor = torch.as_tensor(image) if isinstance(image, (torch.Tensor, np.ndarray)) else None
+        if (
+            tensor is None
+            or tensor.dtype != torch.uint8
+            or tensor.ndim != 3
+            or 3 not in (tensor.shape[0], tensor.shape[-1])
+        ):
+            raise ValueError(
+                "`images` must be PIL images or uint8 RGB arrays or tensors of shape (height, width, 3) or "
+                f"(3, height, width), got {_describe(image)}."
+            )
+        return tensor if tensor.shape[0] == 3 else tensor.permute(2, 0, 1)
+
+    def preprocess(self, images, return_tensors=None, segmentation_maps=None, **kwargs) -> BatchFeature:
+        """`images`: one or a list of PIL images or uint8 RGB arrays or tensors, `(height, width, 3)` or
+        `(3, height, width)`. Returns `pixel_values` and `original_sizes`."""
+        if segmentation_maps is not None:
             raise ValueError("Sam2TorchImageProcessor does not process `segmentation_maps`.")
-        images = images if isinstance(images, (list, tuple)) else [images]
+        self._check_fixed_settings(kwargs, "this call")
+        other = sorted(set(kwargs) - set(self._FIXED_SETTINGS))
+        if other:
+            raise ValueError(f"Sam2TorchImageProcessor.preprocess does not take {other}; set them at construction.")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("`images` must hold at least one image, got none.")
         pixel_values, original_sizes = [], []
         # Rescaling folded into the statistics, in float32, as TorchvisionBackend.rescale_and_normalize does
         mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None] * (1.0 / self.rescale_factor)
         std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None] * (1.0 / self.rescale_factor)
         for image in images:
-            # PIL images as transformers converts them (transparency composited onto white)
-            tensor = torch.as_tensor(
-                convert_to_rgb(image, return_numpy=True) if isinstance(image, Image.Image) else image
-            )
-            if tensor.dtype != torch.uint8 or tensor.ndim != 3 or 3 not in (tensor.shape[0], tensor.shape[-1]):
-                raise ValueError(
-                    f"`images` must be uint8 RGB images of shape (height, width, 3) or (3, height, width), got "
-                    f"{_describe(tensor)}."
-                )
-            tensor = tensor if tensor.shape[0] == 3 and tensor.shape[-1] != 3 else tensor.permute(2, 0, 1)
+            tensor = self._to_tensor(image).contiguous()
             original_sizes.append(list(tensor.shape[-2:]))
-            pixel_values.append((self._resize(tensor.contiguous()).float() - mean) / std)
+            pixel_values.append((self._resize(tensor).float() - mean) / std)
         return BatchFeature(
             {"pixel_values": torch.stack(pixel_values), "original_sizes": original_sizes}, tensor_type=return_tensors
         )
@@ -150,25 +208,30 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
 
 def square_input_processor(kind: str, folder: str | None, model: nn.Module):
     """`Sam2Processor` or `Sam3TrackerProcessor` for a model of `kind`, with the checkpoint's image processor
-    settings (`folder`'s `preprocessor_config.json`, else the model's input size and the class defaults):
-    transformers' image processor where torchvision loads, else `Sam2TorchImageProcessor`."""
+    settings (`folder`'s `preprocessor_config.json`, else the model's input size and the kind's defaults):
+    transformers' image processor where torchvision is installed, else `Sam2TorchImageProcessor`, given the kind's
+    defaults for the settings the configuration leaves out, as transformers' class would."""
     import transformers
 
     processor_name, image_processor_name = _SQUARE_KINDS[kind]
-    if is_torchvision_available():
-        image_processor_class = getattr(transformers, image_processor_name)
-    else:
-        logger.info("torchvision is not installed: %s runs through Sam2TorchImageProcessor.", kind)
-        image_processor_class = Sam2TorchImageProcessor
-    if folder is not None:
-        image_processor = image_processor_class.from_pretrained(folder)
-    else:
+    defaults = dict(_SQUARE_KIND_DEFAULTS[kind])
+    if folder is None:
         size = model.config.vision_config.backbone_config.image_size
         size = size if isinstance(size, int) else size[0]
-        defaults = {}
-        if image_processor_class is Sam2TorchImageProcessor and kind == "sam3_tracker":
-            defaults = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # Sam3ImageProcessor's
-        image_processor = image_processor_class(size={"height": size, "width": size}, **defaults)
+        defaults["size"] = {"height": size, "width": size}
+    if is_torchvision_available():
+        image_processor_class = getattr(transformers, image_processor_name)
+        image_processor = (
+            image_processor_class.from_pretrained(folder) if folder is not None else image_processor_class(**defaults)
+        )
+    else:
+        logger.info("torchvision is not installed: %s runs through Sam2TorchImageProcessor.", kind)
+        config = Sam2TorchImageProcessor.get_image_processor_dict(folder)[0] if folder is not None else {}
+        image_processor = Sam2TorchImageProcessor.from_dict({**defaults, **config})
+    size = image_processor.size
+    if size["height"] != size["width"]:
+        # The processor scales prompts by one target size for both axes
+        raise ValueError(f"{processor_name} needs a square input size; the checkpoint's image processor has {size}.")
     return getattr(transformers, processor_name)(image_processor=image_processor)
 
 

@@ -381,9 +381,11 @@ class SamPredictor:
         """Scales `input_boxes` (`(N, 4)`) / `input_points` (`(N, P, 2)`) from the original frame to the resized
         input through the processor, as for its own users."""
         keys = [key for key in ("input_boxes", "input_points") if key in prompts]
+        # Labels go with the points, so that the processor checks them and leaves padding points alone
+        given = [key for key in (*keys, "input_labels") if key in prompts]
         inputs = self.processor(
             original_sizes=[encoding.original_size],
-            **{key: [prompts[key].tolist()] for key in keys},  # 1 image x N prompts x ...
+            **{key: [prompts[key].tolist()] for key in given},  # 1 image x N prompts x ...
             return_tensors="pt",
         )
         return {**prompts, **{key: inputs[key][0].float() for key in keys}}
@@ -459,7 +461,7 @@ class SamPredictor:
             the mask (`(height, width)`, bool, original resolution), its low-resolution logits and Stable-SAM's
             routing weights (`(2,)`: alpha_1, alpha_2; None for other models).
         """
-        prompts = self.to_model_frame({"input_points": points[None]}, encoding)
+        prompts = self.to_model_frame({"input_points": points[None], "input_labels": labels[None]}, encoding)
         inputs = {
             "input_points": prompts["input_points"][None].to(self.device),  # 1 x 1 x N x 2
             "input_labels": labels[None, None].to(self.device),  # 1 x 1 x N

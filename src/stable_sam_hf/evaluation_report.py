@@ -77,8 +77,9 @@ def summarize_records(
     """One row per model x routing weight x dataset x prompt type (plus the average over the HQ datasets).
 
     `args` is `evaluate_model.py`'s arguments (reference_model, bootstrap_resamples, max_clicks, num_prompts, seed);
-    `skipped` maps model -> dataset -> its skip counter (`.total()`); `coco_ap` model -> (mAP, mAP50). Each row has a bootstrap interval of its mIoU and, except the reference model's own rows, the mIoU difference to
-    the reference model (its unforced rows) on the objects both have, with a paired interval.
+    `skipped` maps model -> dataset -> its skip counter (`.total()`); `coco_ap` model -> (mAP, mAP50). Each row has a
+    bootstrap interval of its mIoU and, except the reference model's own rows, the mIoU difference to the reference
+    model (its unforced rows) on the objects both have, with a paired interval.
     """
     cells = defaultdict(list)
     for record in sorted(records, key=lambda r: (r["dataset"], r["id"])):
@@ -356,9 +357,9 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, pr
             lines += [
                 "",
                 f"Interactive protocol (up to {args.max_clicks} clicks, average over the datasets): NoC@85 / NoC@90 "
-                f"are the clicks needed to reach 85 / 90 % IoU ({args.max_clicks} when never reached), with their 95 % "
-                f"bootstrap intervals; mIoU after {', '.join(map(str, clicks))} clicks in %; alpha_1 is Stable-SAM's DRP "
-                "weight, the mean over every click's prediction of an object, averaged over objects.",
+                f"are the clicks needed to reach 85 / 90 % IoU ({args.max_clicks} when never reached), with their "
+                f"95 % bootstrap intervals; mIoU after {', '.join(map(str, clicks))} clicks in %; alpha_1 is "
+                "Stable-SAM's DRP weight, the mean over every click's prediction of an object, averaged over objects.",
                 "",
             ]
             header = ["model", "NoC@85", "NoC@90", "never 85 %", *(f"mIoU@{k}" for k in clicks)]
@@ -550,13 +551,13 @@ def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: 
 
 
 __all__ = [
-    "summarize_records",
     "AVERAGE",
     "COCO_DATASET",
     "CSV_COLUMNS",
     "INTERACTIVE",
     "markdown_tables",
     "model_card_results",
+    "summarize_records",
     "write_csv",
     "write_markdown",
     "write_plots",

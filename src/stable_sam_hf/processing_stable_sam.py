@@ -142,14 +142,18 @@ class StableSamProcessor(SamProcessor):
         if points is not None and labels is not None:
             self._check_points_match_labels(points, labels)
 
-        if images is None and original_sizes is not None:
+        if (images is None) == (original_sizes is None):
+            raise ValueError(
+                "Pass either `images` or `original_sizes` (the sizes of images already encoded), not both."
+            )
+        if original_sizes is not None:
             if text is not None or segmentation_maps is not None:
                 raise ValueError("`original_sizes` replaces `images`: pass no `text` or `segmentation_maps` with it.")
             sizes = np.asarray(_to_list(original_sizes))
             if (
                 sizes.ndim != 2
                 or sizes.shape[1] != 2
-                or not np.issubdtype(sizes.dtype, np.number)
+                or not np.issubdtype(sizes.dtype, np.integer)
                 or (sizes < 1).any()
             ):
                 raise ValueError(
