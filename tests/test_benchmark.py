@@ -437,9 +437,48 @@ def test_sam2_torch_image_processor_equals_transformers(tmp_path):
     )
 
 
+def test_plots_of_an_earlier_run_are_kept_and_named(tmp_path, caplog):
+    from stable_sam_hf.evaluation_report import write_plots
+
+    (tmp_path / "miou_vs_noise_scale.png").write_bytes(b"an earlier run's plot")
+    with caplog.at_level("WARNING", logger="stable_sam_hf.evaluation_report"):
+        assert write_plots([], [], tmp_path) == []
+    assert "miou_vs_noise_scale.png" in caplog.text and "earlier run" in caplog.text
+    assert (tmp_path / "miou_vs_noise_scale.png").read_bytes() == b"an earlier run's plot"
+
+
 def test_unknown_kind_names_the_supported_kinds(kinds_workspace):
     with pytest.raises(ValueError, match="supported kinds: " + ", ".join(MODEL_KINDS)):
         parse_model_spec(f"x=edgetam:{kinds_workspace / 'sam'}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "folder", "hint"),
+    [("sam2", "sam", "'sam'"), ("sam", "sam2", "'sam2'"), ("hq", "sam", "'sam'"), ("sam3_tracker", "sam2", "'sam2'")],
+)
+def test_a_checkpoint_of_another_kind_is_refused_naming_its_kind(kinds_workspace, kind, folder, hint):
+    with pytest.raises(ValueError, match=f"its kind is {hint}"):
+        parse_model_spec(f"x={kind}:{kinds_workspace / folder}")
+
+
+def test_stable_on_a_sam_checkpoint_warns_that_the_plugins_are_untrained(kinds_workspace, caplog):
+    from stable_sam_hf.evaluation import load_model
+
+    with caplog.at_level("WARNING", logger="stable_sam_hf.evaluation"):
+        load_model(parse_model_spec(f"x=stable:{kinds_workspace / 'sam'}"))
+    assert "plugins are untrained" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stable_sam_hf.evaluation"):
+        load_model(parse_model_spec(f"x=stable:{kinds_workspace / 'stable'}"))
+    assert "untrained" not in caplog.text
+
+
+def test_a_mistyped_folder_fails_before_anything_runs_when_offline(kinds_workspace, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="not in the Hub cache"):
+        parse_model_spec("x=sam:runs/stabel")  # shaped like a Hub id, neither local nor cached
 
 
 def test_toy_model_runs_every_protocol(kinds_workspace, tmp_path):

@@ -98,15 +98,19 @@ def test_original_sizes_replace_images(processor, images):
     with pytest.warns(UserWarning, match="input_points"):
         with_sizes = processor(original_sizes=sizes, **prompts, return_tensors="pt")
     assert "pixel_values" not in with_sizes
-    assert torch.equal(with_sizes["original_sizes"], with_images["original_sizes"])
+    for key in ("original_sizes", "reshaped_input_sizes"):
+        assert torch.equal(with_sizes[key], with_images[key]), key
+    # Whole-number floats are sizes too (a float tensor, as images' sizes often are)
+    floats = processor(original_sizes=torch.tensor(sizes, dtype=torch.float32), input_boxes=prompts["input_boxes"])
+    assert floats["input_boxes"].tolist() == with_images["input_boxes"].tolist()
     for key in prompts:
         assert torch.equal(with_sizes[key], with_images[key]), key
-    for bad in ([[30, 0]], [[30.5, 40]], [30, 40]):
+    for bad in ([[30, 0]], [[30.5, 40]], [30, 40], [[48, 64], [32]], [["a", "b"]]):
         with pytest.raises(ValueError, match="original_sizes"):
             processor(original_sizes=bad, input_boxes=[[[1, 2, 3, 4]]])
-    with pytest.raises(ValueError, match="either `images` or `original_sizes`"):
+    with pytest.raises(ValueError, match="not both"):
         processor(images, original_sizes=sizes, input_boxes=prompts["input_boxes"])
-    with pytest.raises(ValueError, match="either `images` or `original_sizes`"):
+    with pytest.raises(ValueError, match="Pass `images`, or `original_sizes`"):
         processor(input_boxes=prompts["input_boxes"])
     with pytest.raises(ValueError, match="input_boxes"):
         processor(original_sizes=sizes, input_boxes=[[[1, 2, 3, 4]]] * 3)

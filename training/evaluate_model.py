@@ -475,7 +475,7 @@ def _num_examples(part, limit: int | None) -> int | None:
 
 
 def _load_subsets(args: EvaluationArguments) -> dict:
-    check_local_or_hub(args.dataset, "dataset")
+    check_local_or_hub(args.dataset, "dataset", repo_type="dataset")
     try:
         subsets = load_segmentation_subsets(args.dataset, "validation", args.dataset_names, streaming=True)
     except ValueError:
@@ -650,7 +650,7 @@ def main(argv=None) -> list[dict[str, Any]]:
     specs = [parse_model_spec(spec, args.base_model) for spec in args.models]
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"Model names must be unique, got {names}: name them as NAME=METHOD:PATH.")
+        raise ValueError(f"Model names must be unique, got {names}: name them as NAME=KIND:PATH.")
     if args.reference_model is not None and args.reference_model not in names:
         raise ValueError(f"`reference_model` must be one of the models' names {names}, got {args.reference_model!r}.")
     coco = None

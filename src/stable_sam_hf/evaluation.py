@@ -10,6 +10,7 @@ image encoder runs once per image; all prompts of one type go through the decode
 
 import hashlib
 import json
+import logging
 import math
 import re
 import zlib
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import huggingface_hub
 import numpy as np
 import torch
 from torch import nn
@@ -29,6 +31,8 @@ from .modeling_stable_sam import StableSamModel
 from .processing_stable_sam import StableSamProcessor
 from .prompts import masks_to_boxes, noisy_boxes, parse_prompt_type, sample_prompt
 
+
+logger = logging.getLogger(__name__)
 
 # The model kinds a spec can name: frozen checkpoints of every SAM family in transformers, and the training methods of
 # `methods.METHODS` (a run folder of training/train.py; `stable` and `hq` also take a checkpoint)
@@ -47,6 +51,16 @@ EVALUATION_METHODS = tuple(MODEL_KINDS)
 # The kinds that take a checkpoint (a Hub id or a model folder), not only a run folder
 CHECKPOINT_KINDS = ("sam", "hq", "hq_token_only", "sam2", "sam3_tracker", "stable")
 RUN_SUMMARY_NAME = "training_summary.json"
+# The config.json model types a checkpoint of each kind may have (SAM 2 and SAM 3 checkpoints on the Hub are saved
+# by their video models; a SAM checkpoint loads into Stable-SAM with fresh plugins)
+_MODEL_TYPES_OF_KIND = {
+    "sam": ("sam",),
+    "hq": ("sam_hq",),
+    "hq_token_only": ("sam_hq",),
+    "sam2": ("sam2", "sam2_video"),
+    "sam3_tracker": ("sam3_tracker", "sam3_tracker_video", "sam3", "sam3_video"),
+    "stable": ("stable_sam", "sam"),
+}
 # A checkpoint's config.json model_type -> kind, for specs that name none
 _METHOD_OF_MODEL_TYPE = {
     "sam": "sam",
@@ -61,14 +75,22 @@ _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 COCO_PROMPT_TYPE = "coco_noisy_box"
 
 
-def check_local_or_hub(path: str, name: str) -> None:
-    """Raises `FileNotFoundError` for a `path` that is neither an existing local path nor shaped like a Hub id."""
+def check_local_or_hub(path: str, name: str, repo_type: str = "model") -> None:
+    """Raises `FileNotFoundError` for a `path` that is neither an existing local path nor shaped like a Hub id, or,
+    with the Hub offline (`HF_HUB_OFFLINE=1`), a model id that is not in the local Hub cache: a mistyped folder then
+    fails before anything runs instead of as a connection error."""
     if not isinstance(path, str) or not path:
         raise ValueError(f"`{name}` must be a local path or a Hub id, got {path!r}.")
     if Path(path).exists():
         return
     if path.startswith((".", "/", "~")) or not _HUB_ID_PATTERN.match(path):
         raise FileNotFoundError(f"`{name}` {path!r} does not exist (and is not a Hub id).")
+    if repo_type == "model" and huggingface_hub.constants.is_offline_mode():
+        if not isinstance(huggingface_hub.try_to_load_from_cache(path, "config.json"), str):
+            raise FileNotFoundError(
+                f"`{name}` {path!r} is not a local path, and as a Hub id it is not in the Hub cache while the Hub is "
+                "offline (HF_HUB_OFFLINE=1)."
+            )
 
 
 @dataclass(frozen=True)
@@ -168,7 +190,7 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
         `ModelSpec`.
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"A model spec must be a non-empty string NAME=METHOD:PATH, got {spec!r}.")
+        raise ValueError(f"A model spec must be a non-empty string NAME=KIND:PATH, got {spec!r}.")
     name, rest = None, spec
     if "=" in spec:
         name, rest = spec.split("=", 1)
@@ -184,7 +206,7 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
             f"{', '.join(EVALUATION_METHODS)}."
         )
     if not path:
-        raise ValueError(f"Model spec {spec!r} has no path: expected NAME=METHOD:PATH.")
+        raise ValueError(f"Model spec {spec!r} has no path: expected NAME=KIND:PATH.")
     check_local_or_hub(path, f"path of model spec {spec!r}")
     summary = _read_run_summary(path)
     run_folder = summary is not None
@@ -199,8 +221,7 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
         method = summary["method"]
         base_model = base_model or summary.get("base_model")
     elif method is None:
-        config = Path(path) / "config.json"
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        model_type = _local_model_type(path)
         if model_type not in _METHOD_OF_MODEL_TYPE:
             raise ValueError(
                 f"Model spec {spec!r} names no method and {path} is neither a run folder ({RUN_SUMMARY_NAME}) nor a "
@@ -213,9 +234,23 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
             f"Model spec {spec!r}: method {method!r} needs a run folder written by training/train.py "
             f"({TRAINABLE_WEIGHTS_NAME} + {RUN_SUMMARY_NAME}), got {path}."
         )
+    elif _local_model_type(path) is not None:
+        model_type = _local_model_type(path)
+        if model_type not in _MODEL_TYPES_OF_KIND[method]:
+            known = _METHOD_OF_MODEL_TYPE.get(model_type)
+            hint = f"; its kind is {known!r} (write NAME={known}:PATH)" if known else ""
+            raise ValueError(
+                f"Model spec {spec!r}: {path} holds a {model_type!r} checkpoint, which kind {method!r} does not load "
+                f"(it takes model types {_MODEL_TYPES_OF_KIND[method]}){hint}."
+            )
     if run_folder and method != "stable" and not base_model:
         raise ValueError(f"Model spec {spec!r}: the run folder names no base model; pass `base_model`.")
     return ModelSpec(name=name or method, method=method, path=path, base_model=base_model, run_folder=run_folder)
+
+
+def _local_model_type(path: str) -> str | None:
+    config = Path(path) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
@@ -230,6 +265,13 @@ def load_model(spec: ModelSpec) -> nn.Module:
     elif spec.method == "hq_token_only":
         model = SamHQModel.from_pretrained(spec.path)
     elif spec.method == "stable" and (not spec.run_folder or (Path(spec.path) / "config.json").is_file()):
+        if _local_model_type(spec.path) == "sam":
+            logger.warning(
+                "%s: %s is a SAM checkpoint, so Stable-SAM's plugins are untrained: the masks are SAM's, and alpha_1 "
+                "comes from freshly drawn routing weights and means nothing.",
+                spec.name,
+                spec.path,
+            )
         # A checkpoint, or a training run folder: train.py saves a Stable-SAM adapter there that names its base SAM
         model = StableSamModel.from_pretrained(spec.path)
     elif spec.method == "hq" and not spec.run_folder:

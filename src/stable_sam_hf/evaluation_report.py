@@ -8,6 +8,7 @@ the per-object records; this module summarises them into rows (intervals, paired
 
 import csv
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -22,7 +23,17 @@ from .metrics import bootstrap_interval
 from .prompts import parse_prompt_type
 
 
+logger = logging.getLogger(__name__)
+
 COCO_DATASET = "COCO"
+# Every plot write_plots can draw
+PLOT_NAMES = (
+    "miou_vs_points.png",
+    "alpha1_vs_points.png",
+    "miou_vs_noise_scale.png",
+    "miou_vs_clicks.png",
+    "miou_vs_routing_weight.png",
+)
 AVERAGE = "average"
 INTERACTIVE = "interactive"
 CSV_COLUMNS = (
@@ -466,6 +477,7 @@ def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
 
@@ -532,6 +544,7 @@ def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: 
         figure, axes = plt.subplots(figsize=(5, 3.5))
         for name, curve in curves.items():
             axes.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         save(figure, axes, "miou_vs_clicks.png", "clicks", "mIoU (%)", "mIoU against the number of clicks")
 
     sweep = [r for r in rows if r["dataset"] == AVERAGE and r["routing_weight"] is not None]
@@ -547,6 +560,14 @@ def write_plots(rows: list[dict[str, Any]], specs: list[ModelSpec], output_dir: 
                 if points:
                     axes.plot(*zip(*points), marker="o", label=f"{spec.name} {prompt_type}")
         save(figure, axes, "miou_vs_routing_weight.png", "forced alpha_1", "mIoU (%)", "mIoU against a forced alpha_1")
+    stale = [name for name in PLOT_NAMES if (output_dir / name).exists() and output_dir / name not in written]
+    if stale:
+        logger.warning(
+            "%s in %s are from an earlier run into this folder (this run's results have nothing to plot there); "
+            "they were left as they are.",
+            ", ".join(stale),
+            output_dir,
+        )
     return written
 
 

@@ -29,7 +29,8 @@ def check_evaluation_results(evaluation_results) -> list[dict]:
     if isinstance(evaluation_results, (str, bytes, Mapping)) or not isinstance(evaluation_results, Sequence):
         raise TypeError(
             "`evaluation_results` must be a list of dicts with keys 'dataset', 'metric', 'value' (and optionally "
-            f"'prompt', 'dataset_type', 'split'), got {type(evaluation_results).__name__}."
+            f"'prompt', 'dataset_type', 'split'), got {type(evaluation_results).__name__}; training/evaluate_model.py "
+            "writes one per model in results.json, under ['model_card'][NAME]."
         )
     rows = []
     for index, row in enumerate(evaluation_results):

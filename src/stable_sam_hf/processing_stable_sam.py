@@ -81,7 +81,8 @@ class StableSamProcessor(SamProcessor):
       that image, so an image with a mask prompt carries one object (`point_batch_size` 1): to give different objects
       of one image different masks, repeat the image (or its `image_embeddings`) once per object;
     - `original_sizes` in place of `images`, as `Sam2Processor` takes them: prompts for images already encoded
-      (`image_embeddings`) are scaled without processing the images again.
+      (`image_embeddings`) are scaled without processing the images again, and `reshaped_input_sizes` is computed
+      for `post_process_masks`.
 
     A mask prompt for an image is a 2-D array or tensor, either
     - at the original image size: binary (bool, integer 0/1 or 0-255, or float 0/1) masks become logits
@@ -128,7 +129,7 @@ class StableSamProcessor(SamProcessor):
             `(height, width)` of each image, in place of `images`: only the prompts are processed.
 
         Returns:
-            `BatchEncoding` with `pixel_values`, `original_sizes`, `reshaped_input_sizes` and, when given,
+            `BatchEncoding` with `pixel_values` (from `images`), `original_sizes`, `reshaped_input_sizes` and, when given,
             `input_points`, `input_labels`, `input_boxes`, `input_masks` and `labels` (from `segmentation_maps`).
         """
         point_pad_value = kwargs.get("point_pad_value")
@@ -142,25 +143,26 @@ class StableSamProcessor(SamProcessor):
         if points is not None and labels is not None:
             self._check_points_match_labels(points, labels)
 
-        if (images is None) == (original_sizes is None):
-            raise ValueError(
-                "Pass either `images` or `original_sizes` (the sizes of images already encoded), not both."
-            )
+        if images is not None and original_sizes is not None:
+            raise ValueError("Pass `images` or `original_sizes` (the sizes of images already encoded), not both.")
+        if images is None and original_sizes is None:
+            raise ValueError("Pass `images`, or `original_sizes` (the sizes of images already encoded).")
         if original_sizes is not None:
             if text is not None or segmentation_maps is not None:
                 raise ValueError("`original_sizes` replaces `images`: pass no `text` or `segmentation_maps` with it.")
-            sizes = np.asarray(_to_list(original_sizes))
-            if (
-                sizes.ndim != 2
-                or sizes.shape[1] != 2
-                or not np.issubdtype(sizes.dtype, np.integer)
-                or (sizes < 1).any()
-            ):
+            try:
+                sizes = np.asarray(_to_list(original_sizes), dtype=np.float64)
+            except (TypeError, ValueError):
+                sizes = None
+            if sizes is None or sizes.ndim != 2 or sizes.shape[1] != 2 or (sizes < 1).any() or (sizes % 1).any():
                 raise ValueError(
-                    f"`original_sizes` must be (height, width) pairs of positive ints, got {original_sizes!r}."
+                    f"`original_sizes` must be (height, width) pairs of positive integers, got {original_sizes!r}."
                 )
+            sizes = sizes.astype(np.int64)
+            # The resized sizes, as the image processor would give them, for `post_process_masks`
+            reshaped = np.array([preprocess_shape(int(h), int(w), self.target_size) for h, w in sizes], dtype=np.int64)
             return_tensors = "pt" if kwargs.get("return_tensors") == "pt" else None
-            encoding = BatchEncoding({"original_sizes": sizes.astype(np.int64)})
+            encoding = BatchEncoding({"original_sizes": sizes, "reshaped_input_sizes": reshaped})
         else:
             encoding = super().__call__(images=images, text=text, segmentation_maps=segmentation_maps, **kwargs)
             return_tensors = "pt" if isinstance(encoding["pixel_values"], torch.Tensor) else None
@@ -189,7 +191,8 @@ class StableSamProcessor(SamProcessor):
         if return_tensors == "pt":
             prompts = {key: torch.from_numpy(value) for key, value in prompts.items()}
             if images is None:
-                encoding["original_sizes"] = torch.from_numpy(encoding["original_sizes"])
+                for key in ("original_sizes", "reshaped_input_sizes"):
+                    encoding[key] = torch.from_numpy(encoding[key])
         encoding.update(prompts)
         return encoding
 
