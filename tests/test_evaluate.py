@@ -400,6 +400,8 @@ def test_bad_arguments_are_rejected(workspace, tmp_path):
         evaluate_model.parse_args(base)
     with pytest.raises(ValueError, match="coarse_mask"):
         evaluate_model.parse_args([*base, "--dataset", "x", "--prompt_types", "coarse_mask"])
+    with pytest.raises(ValueError, match="--noise_scale 0.2, or --protocol sweep"):
+        evaluate_model.parse_args([*base, "--dataset", "x", "--prompt_types", "noisy_box@0.2"])
     with pytest.raises(ValueError, match="routing_weight"):
         evaluate_model.parse_args([*base, "--dataset", "x", "--routing_weight", "1.5"])
     with pytest.raises(ValueError, match="bootstrap_resamples"):
@@ -417,7 +419,9 @@ def test_model_specs(workspace, tmp_path):
     spec = parse_model_spec(f"base=sam:{workspace / 'sam'}")
     assert (spec.name, spec.method, spec.run_folder) == ("base", "sam", False)
     assert parse_model_spec(str(workspace / "stable")).method == "stable"  # from the checkpoint's model type
-    assert parse_model_spec(f"hq:{workspace / 'sam'}").name == "hq"
+    # A SAM checkpoint is not an HQ-SAM one: refused naming its kind (SamHQModel would fail on its weights)
+    with pytest.raises(ValueError, match="its kind is 'sam'"):
+        parse_model_spec(f"hq:{workspace / 'sam'}")
     with pytest.raises(ValueError, match="needs a run folder"):
         parse_model_spec(f"lora:{workspace / 'sam'}")
     with pytest.raises(FileNotFoundError, match="does not exist"):

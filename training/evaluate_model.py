@@ -189,8 +189,16 @@ class EvaluationArguments:
         if not self.prompt_types:
             raise ValueError("`prompt_types` must name at least one prompt type.")
         for prompt_type in self.prompt_types:
+            if isinstance(prompt_type, str) and prompt_type.startswith("noisy_box@"):
+                raise ValueError(
+                    f"`prompt_types`: {prompt_type} names a row of the sweep; pass noisy_box with --noise_scale "
+                    f"{prompt_type.split('@', 1)[1]}, or --protocol sweep for every scale."
+                )
             if parse_prompt_type(prompt_type)[0] == "coarse_mask":
-                raise ValueError("`prompt_types`: coarse_mask is a training prompt, not an evaluation prompt type.")
+                raise ValueError(
+                    "`prompt_types`: coarse_mask is a training prompt, not an evaluation prompt type; evaluation takes "
+                    "box, noisy_box and points_<k> (the sweep's noisy_box@<scale> rows come from --protocol sweep)."
+                )
         if len(set(self.prompt_types)) != len(self.prompt_types):
             raise ValueError(f"`prompt_types` has repeated entries: {self.prompt_types}.")
         unknown = [name for name in self.protocol if name not in PROTOCOLS]

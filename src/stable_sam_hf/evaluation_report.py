@@ -315,9 +315,9 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, pr
     hq = [row for row in rows if row["dataset"] != COCO_DATASET]
     datasets = list(dict.fromkeys(row["dataset"] for row in hq if row["dataset"] != AVERAGE))
     lines = [
-        f"Prompt seed {args.seed}, K = {args.num_prompts} prompts per object and type (the GT box once). "
-        "mIoU, mBIoU, ST and the predicted IoU (the model's own estimate, from SAM's IoU head) in %, averaged over "
-        "the datasets; per-dataset columns are mIoU.",
+        f"Prompt seed {args.seed}, K = {args.num_prompts} prompts per object and type (the GT box once; the "
+        "interactive protocol's row is mIoU after its first click). mIoU, mBIoU, ST and the predicted IoU (the "
+        "model's own estimate, from SAM's IoU head) in %, averaged over the datasets; per-dataset columns are mIoU.",
         "",
         "Models: " + "; ".join(f"`{spec.name}` = {spec.model_id}" for spec in specs),
         "",
@@ -400,8 +400,12 @@ def markdown_tables(rows: list[dict[str, Any]], specs: list[ModelSpec], args, pr
             lines += [
                 "",
                 f"mIoU difference to `{reference}` in points (average over the datasets), on the same objects and "
-                "prompts; in brackets its 95 % bootstrap interval (objects resampled within each dataset; the "
-                "evaluation's sampling only, not the variation between training runs):",
+                + (
+                    "prompts; in brackets its 95 % bootstrap interval (objects resampled within each dataset; the "
+                    "evaluation's sampling only, not the variation between training runs):"
+                    if args.bootstrap_resamples
+                    else "prompts (no intervals: --bootstrap_resamples 0):"
+                ),
                 "",
             ]
             header = ["model", *prompt_types]
