@@ -8,7 +8,8 @@ checkpoint's own pixel statistics when it ships a `preprocessor_config.json`); S
 
 transformers' SAM 2 and SAM 3 image processors run on torchvision, whose PyPI wheels beside a CPU-only torch do not
 load. Where torchvision is missing, `Sam2TorchImageProcessor` does the same arithmetic with torch alone (torchvision's
-tensor resize is `torch.nn.functional.interpolate`); `tests/test_benchmark.py` compares the two where both run.
+tensor resize is `torch.nn.functional.interpolate`); `tests/test_benchmark.py` checks it against pixel values of
+transformers' processor, and against the processor itself where torchvision loads.
 """
 
 import logging
@@ -206,9 +207,9 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
         return outputs
 
 
-def square_input_processor(kind: str, folder: str | None, model: nn.Module):
+def square_input_processor(kind: str, folder: str | None, model: nn.Module | None):
     """`Sam2Processor` or `Sam3TrackerProcessor` for a model of `kind`, with the checkpoint's image processor
-    settings (`folder`'s `preprocessor_config.json`, else the model's input size and the kind's defaults):
+    settings (`folder`'s `preprocessor_config.json`, else `model`'s input size and the kind's defaults):
     transformers' image processor where torchvision is installed, else `Sam2TorchImageProcessor`, given the kind's
     defaults for the settings the configuration leaves out, as transformers' class would."""
     import transformers
