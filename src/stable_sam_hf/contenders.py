@@ -98,15 +98,16 @@ class Sam2TorchImageProcessor(BaseImageProcessor):
         self._check_fixed_settings(kwargs, "the configuration")
         kwargs = {key: value for key, value in kwargs.items() if key not in self._FIXED_SETTINGS}
         super().__init__(**kwargs)
-        size = {"height": 1024, "width": 1024} if size is None else size
+        defaults = _SQUARE_KIND_DEFAULTS["sam2"]
+        size = defaults["size"] if size is None else size
         if (
             not isinstance(size, dict)
             or set(size) != {"height", "width"}
             or not all(isinstance(v, int) and v >= 1 for v in size.values())
         ):
             raise ValueError(f"`size` must be {{'height': int, 'width': int}} with positive sides, got {size!r}.")
-        image_mean = IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean
-        image_std = IMAGENET_DEFAULT_STD if image_std is None else image_std
+        image_mean = defaults["image_mean"] if image_mean is None else image_mean
+        image_std = defaults["image_std"] if image_std is None else image_std
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             if not isinstance(value, (list, tuple)) or len(value) != 3:
                 raise ValueError(f"`{name}` must be a list of 3 floats (one per RGB channel), got {value!r}.")

@@ -234,8 +234,7 @@ def parse_model_spec(spec: str, base_model: str | None = None) -> ModelSpec:
             f"Model spec {spec!r}: method {method!r} needs a run folder written by training/train.py "
             f"({TRAINABLE_WEIGHTS_NAME} + {RUN_SUMMARY_NAME}), got {path}."
         )
-    elif _local_model_type(path) is not None:
-        model_type = _local_model_type(path)
+    elif (model_type := _local_model_type(path)) is not None:
         if model_type not in _MODEL_TYPES_OF_KIND[method]:
             known = _METHOD_OF_MODEL_TYPE.get(model_type)
             hint = f"; its kind is {known!r} (write NAME={known}:PATH)" if known else ""

@@ -2,8 +2,9 @@
 and `results.json` (what the model card writer reads), and the curves as PNGs. `training/evaluate_model.py` computes
 the per-object records; this module summarises them into rows (intervals, paired differences, NoC) and renders them.
 
-`results.json` holds `{"settings": {...}, "models": {name: model_id}, "rows": [row, ...]}`; a row has the columns of
-`CSV_COLUMNS` plus, for the interactive protocol, `mIoU_curve` (mIoU in % after 1..max_clicks clicks).
+`results.json` holds `{"settings": {...}, "models": {name: model_id}, "rows": [row, ...], "model_card": {name:
+[...]}}`; a row has the columns of `CSV_COLUMNS` plus, for the interactive protocol, `mIoU_curve` (mIoU in % after
+1..max_clicks clicks); `model_card[name]` is `model_card_results` for that model.
 """
 
 import csv
